@@ -1,0 +1,1 @@
+"""megatron layer of nemo-steerlm."""

@@ -1,0 +1,1 @@
+"""recipes layer of nemo-steerlm."""
