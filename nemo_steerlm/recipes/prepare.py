@@ -1,0 +1,40 @@
+"""Stage ``prepare``: HelpSteer / HelpSteer2 / OpenAssistant rows -> SteerLM SFT and regression JSONL.
+
+Run ``nemo-steerlm prepare [overrides]`` or ``python -m nemo_steerlm.recipes.prepare [overrides]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nemo.core.config import hydra_runner
+from omegaconf import DictConfig
+
+from nemo_steerlm.data.prepare import PrepareSpec, SourceSpec, prepare
+from nemo_steerlm.recipes.common import CONF_DIR, run_stage, schema_from_cfg
+from nemo_steerlm.resources import helpsteer_sample_path
+
+
+def prepare_spec_from_cfg(dataset: DictConfig) -> PrepareSpec:
+    """Builds the library's PrepareSpec from the ``dataset`` config group (``path: null`` = the shipped sample)."""
+    path = str(dataset.path) if dataset.path is not None else str(helpsteer_sample_path())
+    sources = [SourceSpec(name=str(dataset.name), path=path, repeat=int(dataset.repeat))]
+    sources += [SourceSpec(name=str(s.name), path=str(s.path), repeat=int(s.repeat)) for s in dataset.extra_sources]
+    return PrepareSpec(sources=sources, val_fraction=float(dataset.val_fraction), seed=int(dataset.seed))
+
+
+def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Writes ``output_dir/{sft,regression}/{train,val}.jsonl`` and ``manifest.json``."""
+    manifest = prepare(prepare_spec_from_cfg(cfg.dataset), schema_from_cfg(cfg), output_dir)
+    return {"manifest": str(output_dir / "manifest.json"), "rows": manifest["rows"]}
+
+
+@hydra_runner(config_path=CONF_DIR, config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    run_stage("prepare", cfg, body)
+
+
+if __name__ == "__main__":
+    main()

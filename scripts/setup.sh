@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs nemo-steerlm with its pinned stack (CPU torch 2.13) and the dev tools.
+# Usage: bash scripts/setup.sh            (idempotent; about a minute on a fresh machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# torch is pinned in the same pip call so nothing pulls a multi-GB CUDA build on CPU machines
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]" 2>&1 \
+    | grep -v -E "^WARNING: Location .* is ignored" || true
+.venv/bin/python -c "import torch, megatron.core, nemo, lightning; print('nemo-steerlm stack ready: torch', torch.__version__, \
+'| megatron-core', megatron.core.__version__, '| nemo', nemo.__version__, '| lightning', lightning.__version__)"

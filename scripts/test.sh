@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up the environment and runs lint + the whole test suite (all tiers available on this machine).
+# Usage: bash scripts/test.sh [pytest args]     e.g. bash scripts/test.sh -m "not slow"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PYTHONHASHSEED=0 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest "$@"
