@@ -1,0 +1,205 @@
+"""Steerability: does the realised response move when the requested attribute value moves?
+
+For each swept attribute the caller generates responses at several requested values (see :func:`sweep_labels`) and
+passes, per response, the requested value, the text, and optionally the APM prediction for that response and its
+token count. For every response we measure:
+
+* ``words``: whitespace-separated words (``len(text.split())``);
+* ``tokens``: the token count given by the caller (``None`` when not given);
+* ``fk_grade``: Flesch-Kincaid grade ``0.39 * words/sentences + 11.8 * syllables/words - 15.59``, with
+  textstat's word and sentence counting and its pyphen (``en_US``) syllable counter. textstat's own
+  ``flesch_kincaid_grade`` looks words up in NLTK's cmudict first and tries to download it when missing, which
+  would make the number depend on the machine (and reach for the network); we always use the pyphen counter;
+* ``apm``: the APM prediction of the swept attribute for this response (``None`` when not given).
+
+Per requested level we report mean and population standard deviation (``ddof=0``) of each measure, and per
+attribute the Spearman rank correlation between the requested value and each measure, computed over the individual
+responses (not over the level means, which would have as few points as levels), on the responses where the measure
+exists; ``None`` when it is undefined (fewer than two responses, or a constant side).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.evaluation._io import new_figure, save_figure
+
+MEASURES: tuple[str, ...] = ("words", "tokens", "fk_grade", "apm")
+
+
+@dataclass(frozen=True)
+class SteerSample:
+    """One steered response.
+
+    Attributes:
+        requested: the value asked for in the steering label.
+        text: the generated response.
+        apm_prediction: the APM prediction of the swept attribute for ``text``, if computed.
+        tokens: the number of generated tokens, if known.
+    """
+
+    requested: float
+    text: str
+    apm_prediction: float | None = None
+    tokens: int | None = None
+
+
+def sweep_labels(
+    schema: AttributeSchema,
+    attribute: str,
+    values: Iterable[int],
+    base_overrides: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Steering label strings for a sweep of ``attribute`` over ``values``.
+
+    Args:
+        schema: the attribute schema (defaults of every attribute come from ``schema.steer_label``).
+        attribute: the swept attribute.
+        values: the requested values, in order.
+        base_overrides: other attributes to fix for the whole sweep.
+
+    Returns:
+        One label per value, e.g. ``"...,verbosity:0"``, ``"...,verbosity:1"``.
+    """
+    schema.index(attribute)
+    base = dict(base_overrides or {})
+    return [schema.steer_label({**base, attribute: value}) for value in values]
+
+
+@lru_cache(maxsize=1)
+def _hyphenator() -> Any:
+    import pyphen
+
+    return pyphen.Pyphen(lang="en_US")
+
+
+def fk_grade(text: str) -> float:
+    """Flesch-Kincaid grade of ``text`` (0.0 for text without words); see the module docstring for the counters."""
+    import textstat
+
+    words = textstat.remove_punctuation(text).lower().split()
+    if not words:
+        return 0.0
+    sentences = textstat.sentence_count(text)
+    syllables = sum(len(_hyphenator().positions(word)) + 1 for word in words)
+    return 0.39 * len(words) / sentences + 11.8 * syllables / len(words) - 15.59
+
+
+def _as_sample(item: SteerSample | Sequence[Any]) -> SteerSample:
+    if isinstance(item, SteerSample):
+        return item
+    if not 2 <= len(item) <= 4:
+        raise ValueError(f"a sweep item is (requested, text[, apm_prediction[, tokens]]), got {item!r}")
+    return SteerSample(*item)
+
+
+def measure_response(sample: SteerSample) -> dict[str, Any]:
+    """The per-response measures of one steered sample (see the module docstring)."""
+    if not isinstance(sample.text, str):
+        raise ValueError(f"response text must be a string, got {type(sample.text).__name__}")
+    return {
+        "requested": float(sample.requested),
+        "words": len(sample.text.split()),
+        "tokens": None if sample.tokens is None else int(sample.tokens),
+        "fk_grade": fk_grade(sample.text),
+        "apm": None if sample.apm_prediction is None else float(sample.apm_prediction),
+    }
+
+
+def _mean_std(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    from scipy import stats
+
+    if len(xs) < 2 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None
+    value = float(stats.spearmanr(xs, ys)[0])
+    return value if math.isfinite(value) else None
+
+
+def summarise_sweep(items: Sequence[SteerSample | Sequence[Any]]) -> dict[str, Any]:
+    """Per-response measures, per-level mean/std and Spearman(requested, measure) for one swept attribute.
+
+    Args:
+        items: ``SteerSample`` or tuples ``(requested, text[, apm_prediction[, tokens]])``.
+
+    Returns:
+        ``{"n", "levels": [{"requested", "n", words/tokens/fk_grade/apm: {"mean","std"} | None}],
+        "spearman": {measure: float | None}, "responses": [per-response measures]}``.
+    """
+    rows = [measure_response(_as_sample(item)) for item in items]
+    if not rows:
+        raise ValueError("a sweep needs at least one response")
+    levels = []
+    for value in sorted({row["requested"] for row in rows}):
+        at_level = [row for row in rows if row["requested"] == value]
+        level: dict[str, Any] = {"requested": value, "n": len(at_level)}
+        for measure in MEASURES:
+            level[measure] = _mean_std([row[measure] for row in at_level if row[measure] is not None])
+        levels.append(level)
+    spearman = {}
+    for measure in MEASURES:
+        have = [row for row in rows if row[measure] is not None]
+        spearman[measure] = _spearman([r["requested"] for r in have], [r[measure] for r in have])
+    return {"n": len(rows), "levels": levels, "spearman": spearman, "responses": rows}
+
+
+def compute_steerability(sweeps: Mapping[str, Sequence[SteerSample | Sequence[Any]]]) -> dict[str, Any]:
+    """:func:`summarise_sweep` for every swept attribute.
+
+    Args:
+        sweeps: swept attribute name -> its responses.
+
+    Returns:
+        ``{attribute: summary}``, JSON-serialisable.
+    """
+    return {name: summarise_sweep(items) for name, items in sweeps.items()}
+
+
+def plot_steerability(results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """PNG of steering curves: one row of panels per swept attribute, one panel per measure with data.
+
+    Each panel shows the per-level mean with a ±1 std band against the requested value.
+
+    Args:
+        results: the output of :func:`compute_steerability`.
+        path: PNG destination, written atomically.
+
+    Returns:
+        The PNG path.
+    """
+    if not results:
+        raise ValueError("nothing to plot: no swept attribute")
+    measures = [m for m in MEASURES if any(lvl[m] is not None for r in results.values() for lvl in r["levels"])]
+    fig = new_figure(3.6 * len(measures), 3.0 * len(results))
+    axes = fig.subplots(len(results), len(measures), squeeze=False)
+    for row, (name, summary) in enumerate(results.items()):
+        for col, measure in enumerate(measures):
+            ax = axes[row, col]
+            pts = [(lvl["requested"], lvl[measure]) for lvl in summary["levels"] if lvl[measure] is not None]
+            ax.set_title(f"{name}: {measure}")
+            ax.set_xlabel(f"requested {name}")
+            if not pts:
+                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+                continue
+            x = np.array([p[0] for p in pts])
+            mean = np.array([p[1]["mean"] for p in pts])
+            std = np.array([p[1]["std"] for p in pts])
+            ax.plot(x, mean, marker="o")
+            ax.fill_between(x, mean - std, mean + std, alpha=0.25)
+    fig.tight_layout()
+    return save_figure(fig, path)
