@@ -84,8 +84,9 @@ class AttributeSchema:
         object.__setattr__(self, "_index", seen)
 
     @classmethod
-    def create(cls, names: Sequence[str], drop: Iterable[str] = (), min_value: int = MIN_VALUE,
-               max_value: int = MAX_VALUE) -> AttributeSchema:
+    def create(
+        cls, names: Sequence[str], drop: Iterable[str] = (), min_value: int = MIN_VALUE, max_value: int = MAX_VALUE
+    ) -> AttributeSchema:
         """Builds a schema from names, minus those in ``drop`` (the paper's ablations are one ``drop``)."""
         dropped = set(drop)
         unknown = dropped - set(names)
@@ -114,9 +115,7 @@ class AttributeSchema:
             raise LabelError(f"attribute {name!r}: value {value!r} is not an integer")
         ivalue = int(value)
         if not self.min_value <= ivalue <= self.max_value:
-            raise LabelError(
-                f"attribute {name!r}: value {ivalue} is out of range [{self.min_value}, {self.max_value}]"
-            )
+            raise LabelError(f"attribute {name!r}: value {ivalue} is out of range [{self.min_value}, {self.max_value}]")
         return ivalue
 
     def parse_label(self, text: str) -> dict[str, int]:
@@ -138,7 +137,9 @@ class AttributeSchema:
                 raise LabelError(f"label {text!r}: unknown attribute {name!r}; known: {', '.join(self.names)}")
             if name in out:
                 raise LabelError(f"label {text!r}: attribute {name!r} appears twice")
-            if not (raw.isdigit() or (raw[0] in "+-" and raw[1:].isdigit())):
+            digits = raw[1:] if raw[0] in "+-" else raw
+            # ASCII digits only: str.isdigit() also accepts "²" (int() then fails) and "٣" (int() reads it as 3)
+            if not (digits.isascii() and digits.isdigit()):
                 raise LabelError(f"label {text!r}: value {raw!r} of {name!r} is not an integer")
             out[name] = self.check_value(name, int(raw))
         return out
@@ -158,14 +159,17 @@ class AttributeSchema:
     def from_predictions(self, predictions: Sequence[float]) -> dict[str, int]:
         """Turns raw regression outputs into scores: clip to the range, then round half to even."""
         if len(predictions) != len(self.names):
-            raise LabelError(f"expected {len(self.names)} predictions ({', '.join(self.names)}), got {len(predictions)}")
+            raise LabelError(
+                f"expected {len(self.names)} predictions ({', '.join(self.names)}), got {len(predictions)}"
+            )
         return {
             n: int(round(min(max(float(p), self.min_value), self.max_value)))
             for n, p in zip(self.names, predictions, strict=True)
         }
 
-    def steer_label(self, overrides: Mapping[str, object] | None = None,
-                    defaults: Mapping[str, int] = DEFAULT_STEER) -> str:
+    def steer_label(
+        self, overrides: Mapping[str, object] | None = None, defaults: Mapping[str, int] = DEFAULT_STEER
+    ) -> str:
         """The label to condition generation on: the defaults for every schema attribute, then ``overrides``."""
         values: dict[str, object] = {n: defaults.get(n, self.max_value) for n in self.names}
         for name, value in (overrides or {}).items():

@@ -1,12 +1,12 @@
-"""The SteerLM prompt template: conversations, their rendering for SFT, regression and inference, and tokenisation.
+r"""The SteerLM prompt template: conversations, their rendering for SFT, regression and inference, and tokenisation.
 
 The rendered strings match the reference implementation byte for byte (see ``docs/data.md``):
 
-* SFT training text: ``<extra_id_0>System\\n{system}\\n<extra_id_1>User\\n{prompt}\\n<extra_id_1>Assistant\\n``
-  ``<extra_id_2>{label}\\n{response}\\n<extra_id_1>``; the loss covers each assistant ``{response}\\n`` and the
+* SFT training text: ``<extra_id_0>System\n{system}\n<extra_id_1>User\n{prompt}\n<extra_id_1>Assistant\n``
+  ``<extra_id_2>{label}\n{response}\n<extra_id_1>``; the loss covers each assistant ``{response}\n`` and the
   ``<extra_id_1>`` marker after it, nothing else.
 * Regression text: the conversation up to a labelled assistant turn, then ``<extra_id_2>`` (the read-out position).
-* Inference prompt: the SFT text up to ``<extra_id_2>{label}\\n``; generation stops at ``<extra_id_1>``.
+* Inference prompt: the SFT text up to ``<extra_id_2>{label}\n``; generation stops at ``<extra_id_1>``.
 """
 
 from __future__ import annotations
@@ -80,17 +80,17 @@ class Conversation:
 
 
 def system_header(system: str) -> str:
-    """``<extra_id_0>System\\n{system}\\n``."""
+    r"""``<extra_id_0>System\n{system}\n``."""
     return f"{SYSTEM_MARKER}{SYSTEM_ROLE}\n{system}\n"
 
 
 def turn_header(role: str) -> str:
-    """``<extra_id_1>{role}\\n``."""
+    r"""``<extra_id_1>{role}\n``."""
     return f"{TURN_MARKER}{role}\n"
 
 
 def label_block(label: str) -> str:
-    """``<extra_id_2>{label}\\n`` (the conditioning of an assistant turn)."""
+    r"""``<extra_id_2>{label}\n`` (the conditioning of an assistant turn)."""
     return f"{LABEL_MARKER}{label}\n"
 
 
@@ -110,7 +110,7 @@ class RenderedText:
 
 
 def render_sft(conv: Conversation) -> RenderedText:
-    """Renders an SFT training string: loss on each assistant ``value\\n`` plus the next turn marker."""
+    r"""Renders an SFT training string: loss on each assistant ``value\n`` plus the next turn marker."""
     parts = [system_header(conv.system)]
     pos = len(parts[0])
     spans: list[tuple[int, int]] = []
