@@ -19,6 +19,7 @@ count them as failed, and leave them out of the averages. The judge client talks
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -306,7 +307,7 @@ class OpenAIChatJudge:
                 if err.code != 429 and err.code < 500:
                     raise
                 last_error = err
-            except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError, KeyError, TypeError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, KeyError, TypeError) as err:
                 last_error = err
         raise JudgeRequestError(f"{self.url}: {self.max_retries + 1} attempts failed, last: {last_error!r}")
 

@@ -1,0 +1,81 @@
+"""Steerability measures, per-level summaries and steering labels."""
+
+import json
+
+import pytest
+
+from nemo_steerlm.attributes import DEFAULT_SCHEMA, AttributeSchema, LabelError
+from nemo_steerlm.evaluation.steerability import (
+    SteerSample,
+    compute_steerability,
+    fk_grade,
+    plot_steerability,
+    sweep_labels,
+)
+
+
+def test_sweep_labels_use_the_schema_defaults():
+    labels = sweep_labels(DEFAULT_SCHEMA, "verbosity", [0, 4], {"humor": 1})
+    assert labels == [
+        "quality:4,toxicity:0,humor:1,creativity:0,helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:0",
+        "quality:4,toxicity:0,humor:1,creativity:0,helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:4",
+    ]
+    small = AttributeSchema(("helpfulness", "verbosity"))
+    assert sweep_labels(small, "verbosity", [2]) == ["helpfulness:4,verbosity:2"]
+    with pytest.raises(LabelError):
+        sweep_labels(small, "humor", [1])
+
+
+def test_fk_grade_by_hand():
+    # 6 one-syllable words, 1 sentence: 0.39 * 6 + 11.8 * 1 - 15.59
+    assert fk_grade("The cat sat on the mat.") == pytest.approx(-1.45)
+    assert fk_grade("") == 0.0
+
+
+def test_levels_and_spearman_over_individual_responses():
+    sweep = [
+        (0, "one", 0.5, 10),
+        (1, "one two three", 1.5),
+        SteerSample(2, "one two", apm_prediction=None),
+        (1, "one two three four five", 2.5, 30),
+    ]
+    out = compute_steerability({"verbosity": sweep})["verbosity"]
+    assert [lvl["requested"] for lvl in out["levels"]] == [0.0, 1.0, 2.0]
+    level1 = out["levels"][1]
+    assert level1["n"] == 2
+    assert level1["words"] == {"mean": 4.0, "std": 1.0}  # words 3 and 5, population std
+    assert level1["tokens"] == {"mean": 30.0, "std": 0.0}  # only one response has a token count
+    assert out["levels"][2]["apm"] is None
+    # words by requested value: ranks (1, 2.5, 4, 2.5) vs (1, 3, 2, 4) -> Pearson of ranks by hand
+    rx, ry = [1, 2.5, 4, 2.5], [1, 3, 2, 4]
+    mx, my = sum(rx) / 4, sum(ry) / 4
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    expected = cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    assert out["spearman"]["words"] == pytest.approx(expected)
+    # APM only on 3 responses: requested (0, 1, 1) vs (0.5, 1.5, 2.5); 1 - 6 sum d^2 / n(n^2-1) does not apply
+    # with ties, so check the rank-Pearson again: ranks (1, 2.5, 2.5) vs (1, 2, 3) -> 0.866...
+    assert out["spearman"]["apm"] == pytest.approx(3**0.5 / 2)
+    assert out["spearman"]["tokens"] == pytest.approx(1.0)
+    json.dumps(out, allow_nan=False)
+
+
+def test_spearman_without_ties_matches_the_textbook_formula():
+    sweep = [(0, "a"), (1, "a b c"), (2, "a b")]
+    out = compute_steerability({"verbosity": sweep})["verbosity"]
+    assert out["spearman"]["words"] == pytest.approx(1 - 6 * 2 / (3 * 8))  # d = (0, 1, -1)
+    assert out["spearman"]["apm"] is None and out["spearman"]["tokens"] is None
+
+
+def test_bad_items_are_rejected():
+    with pytest.raises(ValueError):
+        compute_steerability({"verbosity": [(0,)]})
+    with pytest.raises(ValueError):
+        compute_steerability({"verbosity": []})
+
+
+def test_plot_is_a_png(tmp_path):
+    results = compute_steerability(
+        {"verbosity": [(0, "a", 0.1), (0, "a b", 0.3), (4, "a b c d e f", 3.9)], "humor": [(0, "x y"), (4, "z")]}
+    )
+    data = plot_steerability(results, tmp_path / "steer.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
