@@ -1,0 +1,253 @@
+"""Typed model-shape and parallel-layout configs, the named presets, and the layout checks.
+
+Library code takes these plain dataclasses; recipes build them from Hydra config. :func:`validate_layout` checks a
+layout against the model shape before anything is allocated and names the config key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Normalization = Literal["RMSNorm", "LayerNorm"]
+Activation = Literal["swiglu", "gelu"]
+PositionEmbedding = Literal["rope", "learned_absolute"]
+
+
+class ConfigError(ValueError):
+    """A model or parallel-layout setting that cannot work; the message names the config key to change."""
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of a decoder-only GPT (megatron-core ``GPTModel`` with the local layer spec).
+
+    Args:
+        num_layers: transformer layers.
+        hidden_size: model width.
+        ffn_hidden_size: MLP inner width (per branch for SwiGLU).
+        num_attention_heads: query heads.
+        num_query_groups: key/value heads (grouped-query attention); equal to heads for multi-head attention.
+        vocab_size: tokenizer vocabulary size before padding; ``0`` means "set from the tokenizer at run time".
+        seq_length: maximum sequence length (also the number of learned positions for ``learned_absolute``).
+        normalization: ``RMSNorm`` or ``LayerNorm``.
+        activation: ``swiglu`` (gated SiLU, fused fc1) or ``gelu``.
+        position_embedding: ``rope`` or ``learned_absolute``.
+        rotary_base: RoPE base.
+        tie_embeddings: share input embedding and output projection weights.
+        layernorm_epsilon: norm epsilon.
+        add_bias_linear: biases in the linear layers.
+        init_method_std: standard deviation of the normal weight initialisation.
+        make_vocab_size_divisible_by: the vocabulary is padded to a multiple of this times the TP size.
+    """
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    vocab_size: int = 0
+    seq_length: int = 2048
+    normalization: Normalization = "RMSNorm"
+    activation: Activation = "swiglu"
+    position_embedding: PositionEmbedding = "rope"
+    rotary_base: int = 10000
+    tie_embeddings: bool = False
+    layernorm_epsilon: float = 1e-5
+    add_bias_linear: bool = False
+    init_method_std: float = 0.02
+    make_vocab_size_divisible_by: int = 128
+
+    @property
+    def max_position_embeddings(self) -> int:
+        """Alias of ``seq_length`` (megatron's name)."""
+        return self.seq_length
+
+    @property
+    def kv_channels(self) -> int:
+        """Per-head width."""
+        return self.hidden_size // self.num_attention_heads
+
+    def with_vocab_size(self, vocab_size: int) -> GPTConfig:
+        """Return a copy with the tokenizer's vocabulary size filled in."""
+        return dataclasses.replace(self, vocab_size=vocab_size)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Model-parallel layout and numerics of one run.
+
+    Args:
+        tensor_model_parallel_size: TP size (splits heads, MLP and vocabulary).
+        pipeline_model_parallel_size: PP size (splits layers; non-interleaved 1F1B schedule).
+        sequence_parallel: shard layernorm/dropout activations over the sequence (needs TP > 1).
+        params_dtype: ``float32``, ``bfloat16`` or ``float16`` for parameters and pipeline activations.
+        use_distributed_optimizer: shard optimizer states over data-parallel ranks.
+        overlap_grad_reduce: overlap DDP gradient reduction with backward (GPU only).
+    """
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+
+    @property
+    def model_parallel_size(self) -> int:
+        """TP × PP."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # Llama-style toy for CPU tests; vocab_size is set from the tokenizer at run time.
+    "tiny_cpu": GPTConfig(
+        num_layers=2,
+        hidden_size=128,
+        ffn_hidden_size=344,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=0,
+        seq_length=512,
+        make_vocab_size_divisible_by=8,
+    ),
+    "smollm2_135m": GPTConfig(
+        num_layers=30,
+        hidden_size=576,
+        ffn_hidden_size=1536,
+        num_attention_heads=9,
+        num_query_groups=3,
+        vocab_size=49152,
+        seq_length=2048,
+        rotary_base=100000,
+        tie_embeddings=True,
+        layernorm_epsilon=1e-5,
+        init_method_std=0.041666666666666664,
+    ),
+    "llama2_7b": GPTConfig(
+        num_layers=32,
+        hidden_size=4096,
+        ffn_hidden_size=11008,
+        num_attention_heads=32,
+        num_query_groups=32,
+        vocab_size=32000,
+        seq_length=4096,
+        layernorm_epsilon=1e-5,
+    ),
+    "llama2_13b": GPTConfig(
+        num_layers=40,
+        hidden_size=5120,
+        ffn_hidden_size=13824,
+        num_attention_heads=40,
+        num_query_groups=40,
+        vocab_size=32000,
+        seq_length=4096,
+        layernorm_epsilon=1e-5,
+    ),
+    "llama2_70b": GPTConfig(
+        num_layers=80,
+        hidden_size=8192,
+        ffn_hidden_size=28672,
+        num_attention_heads=64,
+        num_query_groups=8,
+        vocab_size=32000,
+        seq_length=4096,
+        layernorm_epsilon=1e-5,
+    ),
+}
+
+
+def get_preset(name: str) -> GPTConfig:
+    """Return the named preset.
+
+    Raises:
+        ConfigError: if the name is unknown (the message lists the known ones).
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r} (`model.preset`); choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tensor_model_parallel_size: int) -> int:
+    """Pad a vocabulary size to a multiple of ``make_vocab_size_divisible_by × TP`` (megatron's rule).
+
+    Args:
+        vocab_size: tokenizer vocabulary size.
+        make_vocab_size_divisible_by: padding granularity per TP rank.
+        tensor_model_parallel_size: TP size.
+
+    Returns:
+        The padded size, ``>= vocab_size``.
+    """
+    if vocab_size <= 0:
+        raise ConfigError(f"vocab size is {vocab_size}: set `model.vocab_size` or load a tokenizer first")
+    multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def validate_layout(
+    gpt: GPTConfig, parallel: ParallelConfig, world_size: int, micro_batch_size: int, global_batch_size: int
+) -> int:
+    """Check that a parallel layout fits the model shape and the batch sizes.
+
+    Args:
+        gpt: model shape.
+        parallel: TP/PP layout.
+        world_size: number of processes (``trainer.devices × trainer.num_nodes``).
+        micro_batch_size: sequences per micro-batch per data-parallel rank.
+        global_batch_size: sequences per optimizer step over all data-parallel ranks.
+
+    Returns:
+        The data-parallel size.
+
+    Raises:
+        ConfigError: naming every key that must change.
+    """
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    problems: list[str] = []
+    if tp < 1 or pp < 1:
+        problems.append(
+            f"`model.tensor_model_parallel_size` ({tp}) and `model.pipeline_model_parallel_size` ({pp}) must be >= 1"
+        )
+        raise ConfigError("; ".join(problems))
+    if world_size % (tp * pp) != 0:
+        problems.append(
+            f"world size {world_size} (`trainer.devices` × `trainer.num_nodes`) is not divisible by "
+            f"`model.tensor_model_parallel_size` ({tp}) × `model.pipeline_model_parallel_size` ({pp}) = {tp * pp}"
+        )
+    if gpt.num_attention_heads % tp != 0:
+        problems.append(
+            f"`model.num_attention_heads` ({gpt.num_attention_heads}) is not divisible by "
+            f"`model.tensor_model_parallel_size` ({tp})"
+        )
+    if gpt.num_query_groups % tp != 0:
+        problems.append(
+            f"`model.num_query_groups` ({gpt.num_query_groups}) is not divisible by "
+            f"`model.tensor_model_parallel_size` ({tp})"
+        )
+    if gpt.num_attention_heads % gpt.num_query_groups != 0:
+        problems.append(
+            f"`model.num_attention_heads` ({gpt.num_attention_heads}) is not a multiple of "
+            f"`model.num_query_groups` ({gpt.num_query_groups})"
+        )
+    if gpt.ffn_hidden_size % tp != 0:
+        problems.append(
+            f"`model.ffn_hidden_size` ({gpt.ffn_hidden_size}) is not divisible by "
+            f"`model.tensor_model_parallel_size` ({tp})"
+        )
+    if gpt.num_layers % pp != 0:
+        problems.append(
+            f"`model.num_layers` ({gpt.num_layers}) is not divisible by `model.pipeline_model_parallel_size` ({pp})"
+        )
+    if parallel.sequence_parallel and tp == 1:
+        problems.append("`model.sequence_parallel` needs `model.tensor_model_parallel_size` > 1")
+    dp = max(world_size // (tp * pp), 1)
+    if micro_batch_size < 1 or global_batch_size % (micro_batch_size * dp) != 0:
+        problems.append(
+            f"`model.global_batch_size` ({global_batch_size}) is not divisible by `model.micro_batch_size` "
+            f"({micro_batch_size}) × data-parallel size ({dp} = world size {world_size} / (TP {tp} × PP {pp}))"
+        )
+    if problems:
+        raise ConfigError("invalid parallel layout: " + "; ".join(problems))
+    return dp
