@@ -120,7 +120,7 @@ def _mt_bench_section(mt: Mapping[str, Any]) -> list[str]:
         return lines + ["Not judged (no judge configured).", ""]
     lines += [
         f"Judge `{judge['judge_model']}`: overall {fmt(judge['overall'])}; failed judgments "
-        f"{fmt(judge['n_failed'])} of {fmt(judge['n_judgments'])} (score -1, left out of the means).",
+        f"{fmt(judge['n_failed'])} of {fmt(judge['n_judgments'])} (no verdict obtained; left out of the means).",
         "",
     ]
     turns = sorted({k for entry in judge["per_category"].values() for k in entry if k.startswith("turn_")})
