@@ -179,3 +179,11 @@ def tokenize_rendered(rendered: RenderedText, tokenizer: Any, add_bos: bool = Fa
     if add_bos and tokenizer.bos_token_id is not None:
         ids, loss = [tokenizer.bos_token_id] + ids, [False] + loss
     return TokenizedText(ids, loss)
+
+
+def regression_response(text: str) -> str:
+    """The final assistant response of a regression text (between its last assistant header and ``<extra_id_2>``)."""
+    header = turn_header(ASSISTANT_ROLE)
+    start = text.rfind(header)
+    body = text[start + len(header) :] if start >= 0 else text
+    return body[: -len(f"\n{LABEL_MARKER}")] if body.endswith(f"\n{LABEL_MARKER}") else body

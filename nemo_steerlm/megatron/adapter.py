@@ -64,6 +64,11 @@ CUDA_DEVICE_MODULES: tuple[str, ...] = (
     "megatron.core.distributed.param_and_grad_buffer",
     "megatron.core.optimizer.clip_grads",
     "megatron.core.optimizer.optimizer",
+    # dist_checkpointing's writer calls torch.cuda.synchronize() before saving (.nemo archives)
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
+    "megatron.core.dist_checkpointing.exchange_utils",
 )
 
 _TENSOR_FACTORIES: tuple[str, ...] = ("empty", "zeros", "ones", "full", "tensor", "arange")

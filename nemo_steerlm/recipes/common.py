@@ -68,8 +68,9 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | 
     elapsed = time.perf_counter() - start
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{stage}.config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
-    write_json_atomic(output_dir / f"{stage}.summary.json", {"stage": stage, "seconds": round(elapsed, 3),
-                                                             **(summary or {})})
+    write_json_atomic(
+        output_dir / f"{stage}.summary.json", {"stage": stage, "seconds": round(elapsed, 3), **(summary or {})}
+    )
     print(f"nemo-steerlm {stage}: done in {elapsed:.1f}s -> {output_dir}")
     return summary
 
@@ -77,3 +78,14 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | 
 def _fail(stage: str, message: str) -> None:
     print(f"nemo-steerlm {stage}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _resource(relpath: str) -> str:
+    from nemo_steerlm import resources
+
+    return str(Path(resources.__file__).resolve().parent / relpath)
+
+
+# `${steerlm_resource:tokenizers/steerlm_bpe_4k}` in YAML: a file shipped in the package
+if not OmegaConf.has_resolver("steerlm_resource"):
+    OmegaConf.register_new_resolver("steerlm_resource", _resource)

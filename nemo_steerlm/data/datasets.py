@@ -1,0 +1,119 @@
+"""Torch datasets, collation and the data-parallel batch sampler for the attribute model and SFT.
+
+Megatron batch semantics: one optimizer step consumes ``global_batch_size`` samples, split evenly over data-parallel
+ranks; each rank splits its share into micro-batches of ``micro_batch_size``. Every model-parallel rank of one
+data-parallel replica reads the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from nemo_steerlm.data.tokenization import Encoded, encode_regression
+
+
+@dataclass(frozen=True)
+class RegressionSample:
+    """One tokenised regression sample."""
+
+    input_ids: list[int]
+    labels: list[float]
+
+
+class RegressionDataset(Dataset):
+    """Regression JSONL records (``text``, ``label``) tokenised with the read-out kept.
+
+    Args:
+        records: ``(text, label vector)`` pairs in schema order.
+        tokenizer: a Hugging Face fast tokenizer.
+        seq_length: the most tokens per sample.
+        max_context_tokens: cap on the tokens before the final response (``0`` = none); HelpSteer prompts are long
+            and the attribute model reads the response.
+    """
+
+    def __init__(
+        self, records: Sequence[tuple[str, list[float]]], tokenizer: Any, seq_length: int, max_context_tokens: int
+    ) -> None:
+        self.samples: list[RegressionSample] = []
+        self.num_truncated = 0
+        for text, label in records:
+            enc: Encoded = encode_regression(text, tokenizer, seq_length, max_context_tokens)
+            self.num_truncated += int(enc.truncated)
+            self.samples.append(RegressionSample(enc.input_ids, [float(v) for v in label]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> RegressionSample:
+        return self.samples[index]
+
+
+def collate_regression(samples: Sequence[RegressionSample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pads samples: ``tokens`` [b, s], ``position_ids`` [b, s], ``last_index`` [b], ``labels`` [b, A]."""
+    length = max(len(s.input_ids) for s in samples)
+    tokens = torch.full((len(samples), length), pad_id, dtype=torch.long)
+    for i, s in enumerate(samples):
+        tokens[i, : len(s.input_ids)] = torch.tensor(s.input_ids, dtype=torch.long)
+    return {
+        "tokens": tokens,
+        "position_ids": torch.arange(length, dtype=torch.long).unsqueeze(0).expand(len(samples), -1).contiguous(),
+        "last_index": torch.tensor([len(s.input_ids) - 1 for s in samples], dtype=torch.long),
+        "labels": torch.tensor([s.labels for s in samples], dtype=torch.float32),
+    }
+
+
+class MegatronBatchSampler(Sampler[list[int]]):
+    """Yields, per optimizer step, this data-parallel rank's share of a global batch.
+
+    Args:
+        num_samples: dataset size.
+        global_batch_size: samples per optimizer step over all data-parallel ranks.
+        dp_rank: this rank's data-parallel index.
+        dp_size: data-parallel world size.
+        shuffle: reshuffle every epoch (seeded with ``seed + epoch``).
+        seed: base seed.
+        drop_last: drop the incomplete last global batch (training); when False the last batch is shared out
+            as evenly as possible (evaluation), and a rank may get an empty share.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+    ) -> None:
+        super().__init__()
+        if global_batch_size % dp_size:
+            raise ValueError(f"global batch {global_batch_size} is not divisible by data-parallel size {dp_size}")
+        self.num_samples, self.global_batch_size = num_samples, global_batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch's shuffle (Lightning calls this)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.global_batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=gen).tolist()
+        else:
+            order = list(range(self.num_samples))
+        for step in range(len(self)):
+            batch = order[step * self.global_batch_size : (step + 1) * self.global_batch_size]
+            share = -(-len(batch) // self.dp_size)
+            yield batch[self.dp_rank * share : (self.dp_rank + 1) * share]

@@ -1,0 +1,63 @@
+"""Evaluate an attribute prediction model on regression JSONL: per-attribute metrics next to the two baselines.
+
+Used by ``train-apm`` (on its validation split) and ``evaluate`` (for any ``apm.nemo``). Writes
+``apm_metrics.json``, ``apm_predictions.jsonl`` and ``apm_scatter.png``; every number is recomputable from the
+predictions file and the training labels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nemo_steerlm.data.formats import read_regression_jsonl
+from nemo_steerlm.data.io import write_jsonl_atomic
+from nemo_steerlm.data.template import regression_response
+from nemo_steerlm.evaluation.apm_metrics import compute_apm_metrics, plot_apm
+
+
+def _words(text: str) -> int:
+    return len(regression_response(text).split())
+
+
+def evaluate_apm(model: Any, eval_path: Path, train_path: Path, out_dir: Path) -> dict[str, Any] | None:
+    """Predicts ``eval_path`` with ``model`` and writes metrics against the training-set baselines.
+
+    Must be called on every rank; the files are written and the metrics returned on global rank 0 (``None``
+    elsewhere).
+    """
+    import torch.distributed as dist
+
+    evals = read_regression_jsonl(eval_path, model.schema)
+    trains = read_regression_jsonl(train_path, model.schema)
+    preds = model.predict_dataset(model.regression_dataset(str(eval_path)))
+    preds = model.broadcast_from_last_stage(preds)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    names = list(model.schema.names)
+    targets = np.array([e.label for e in evals], dtype=np.float64)
+    metrics = compute_apm_metrics(
+        preds.astype(np.float64),
+        targets,
+        names,
+        np.array([e.label for e in trains], dtype=np.float64),
+        np.array([_words(e.text) for e in trains], dtype=np.float64),
+        np.array([_words(e.text) for e in evals], dtype=np.float64),
+        model.schema.min_value,
+        model.schema.max_value,
+    )
+    metrics["eval_file"], metrics["train_file"] = str(eval_path), str(train_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(
+        out_dir / "apm_predictions.jsonl",
+        (
+            json.dumps({"line": i + 1, "prediction": [round(float(v), 6) for v in p], "label": e.label})
+            for i, (p, e) in enumerate(zip(preds, evals, strict=True))
+        ),
+    )
+    (out_dir / "apm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    plot_apm(preds, targets, names, out_dir / "apm_scatter.png")
+    return metrics

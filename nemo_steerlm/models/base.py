@@ -1,0 +1,253 @@
+"""The NeMo ``ModelPT`` base of both SteerLM models: a megatron-core GPT for this rank's TP rank and pipeline stage.
+
+It turns the model config into the typed megatron configs, checks the parallel layout before allocating anything,
+initialises megatron's process groups, builds the GPT (or a subclass), and trains it with megatron's schedules,
+DDP, optimizer and LR schedule under Lightning (manual optimization; see :mod:`nemo_steerlm.models.optim`).
+Subclasses supply the network class, the batches and the loss.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import Trainer
+from megatron.core import parallel_state
+from nemo.core.classes import ModelPT
+from nemo.core.classes import common as nemo_common
+from nemo.utils.app_state import AppState
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.data.tokenization import load_tokenizer
+from nemo_steerlm.megatron import parallel
+from nemo_steerlm.megatron.builder import (
+    build_gpt_model,
+    build_optimizer,
+    build_scheduler,
+    build_transformer_config,
+    wrap_ddp,
+)
+from nemo_steerlm.megatron.config import GPTConfig, ParallelConfig, validate_layout
+from nemo_steerlm.megatron.step import StepResult, run_step
+from nemo_steerlm.models.checkpoint import SteerLMSaveRestoreConnector
+from nemo_steerlm.models.optim import MegatronOptimizerAdapter
+
+# NeMo 3 instantiates only classes under allowed prefixes when restoring a checkpoint.
+if "nemo_steerlm." not in nemo_common.ALLOWED_TARGET_PREFIXES:
+    nemo_common.ALLOWED_TARGET_PREFIXES.append("nemo_steerlm.")
+
+GPT_FIELDS: tuple[str, ...] = tuple(f for f in GPTConfig.__dataclass_fields__ if f != "vocab_size")
+
+
+def gpt_config_from(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    """The model shape from the flat model config (``model.num_layers``, ``model.hidden_size``, ...)."""
+    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size)
+
+
+def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
+    """The parallel layout from the model config."""
+    return ParallelConfig(
+        tensor_model_parallel_size=int(cfg.tensor_model_parallel_size),
+        pipeline_model_parallel_size=int(cfg.pipeline_model_parallel_size),
+        sequence_parallel=bool(cfg.sequence_parallel),
+        params_dtype=str(cfg.params_dtype),
+    )
+
+
+def world_size() -> int:
+    """Processes in this job (from torch.distributed, or the launcher's environment before it is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class MegatronGPTBase(ModelPT):
+    """Shared machinery of the attribute prediction model and the SteerLM SFT model.
+
+    Args:
+        cfg: the model config (the ``model`` section of a stage's config; also what a ``.nemo`` stores).
+        trainer: the Lightning trainer when training; ``None`` for inference.
+    """
+
+    #: short name written into checkpoints and checked when restoring ("apm" or "sft")
+    model_kind: ClassVar[str] = ""
+    #: megatron's per-token loss averaging (layout-independent masked losses)
+    per_token_loss: ClassVar[bool] = True
+
+    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None) -> None:
+        super().__init__(cfg=cfg, trainer=trainer)
+        a = self._cfg.attributes
+        self.schema = AttributeSchema(tuple(a.names), int(a.min_value), int(a.max_value))
+        self.tokenizer = load_tokenizer(self._cfg.tokenizer.path)
+        self.gpt_config = gpt_config_from(self._cfg, len(self.tokenizer))
+        self.parallel_config = parallel_config_from(self._cfg)
+        self.data_parallel_size = validate_layout(
+            self.gpt_config,
+            self.parallel_config,
+            world_size(),
+            int(self._cfg.micro_batch_size),
+            int(self._cfg.global_batch_size),
+        )
+        parallel.initialize_model_parallel(self.parallel_config, int(self._cfg.seed))
+        # ModelPT.save_to then calls the connector on every rank (the save is collective)
+        AppState().model_parallel_size = self.parallel_config.model_parallel_size
+        self._save_restore_connector = SteerLMSaveRestoreConnector()
+        self.transformer_config = build_transformer_config(
+            self.gpt_config, self.parallel_config, calculate_per_token_loss=self.per_token_loss
+        )
+        self.model = build_gpt_model(
+            self.gpt_config, self.transformer_config, model_cls=self.network_class(), **self.network_kwargs()
+        )
+        self.automatic_optimization = False
+        self._ddp_chunks: list[torch.nn.Module] = []
+        self.last_step: StepResult | None = None
+
+    # --- what subclasses provide -------------------------------------------------------------------------------
+    def network_class(self) -> type:
+        """The megatron module class of this model."""
+        raise NotImplementedError
+
+    def network_kwargs(self) -> dict[str, Any]:
+        """Extra constructor arguments of :meth:`network_class`."""
+        return {}
+
+    def forward_step(self, data_iterator: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+        """Megatron's ``forward_step``: run one micro-batch, return ``(output, loss_func)``."""
+        raise NotImplementedError
+
+    # --- NeMo ModelPT contract ---------------------------------------------------------------------------------
+    @classmethod
+    def list_available_models(cls) -> list:
+        """No pretrained checkpoints are published; start from ``import-hf`` or train."""
+        return []
+
+    @classmethod
+    def restore_from(  # type: ignore[override]
+        cls,
+        restore_path: str,
+        override_config_path: Any = None,
+        map_location: Any = None,
+        strict: bool = True,
+        return_config: bool = False,
+        save_restore_connector: Any = None,
+        trainer: Trainer | None = None,
+        validate_access_integrity: bool = True,
+    ) -> MegatronGPTBase:
+        """Restores a ``.nemo`` at the current parallel layout (pass layout overrides as a dict).
+
+        Example: ``AttributePredictionModel.restore_from("apm.nemo", {"tensor_model_parallel_size": 2})``.
+        """
+        connector = save_restore_connector or SteerLMSaveRestoreConnector()
+        return connector.restore_from(
+            cls,
+            restore_path,
+            override_config_path,
+            map_location,
+            strict,
+            return_config,
+            trainer,
+            validate_access_integrity,
+        )
+
+    def setup_training_data(self, train_data_config: DictConfig | dict | None) -> None:
+        """Data loaders are built in :meth:`setup` from ``model.data`` (kept out of ModelPT's eager set-up)."""
+
+    def setup_validation_data(self, val_data_config: DictConfig | dict | None) -> None:
+        """See :meth:`setup_training_data`."""
+
+    # --- megatron step -------------------------------------------------------------------------------------------
+    def chunks(self) -> list[torch.nn.Module]:
+        """The model chunks megatron's schedules run: DDP-wrapped when training, the bare module otherwise."""
+        return self._ddp_chunks or [self.model]
+
+    def split_micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Splits this rank's share of a global batch into micro-batches of ``model.micro_batch_size``."""
+        size = int(self._cfg.micro_batch_size)
+        n = next(iter(batch.values())).shape[0]
+        return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+    def configure_optimizers(self) -> MegatronOptimizerAdapter:
+        """Wraps the model in megatron DDP and builds megatron's optimizer and cosine schedule."""
+        o = self._cfg.optim
+        self._ddp_chunks = wrap_ddp([self.model], self.transformer_config)
+        optimizer = build_optimizer(
+            self._ddp_chunks,
+            lr=float(o.lr),
+            weight_decay=float(o.weight_decay),
+            clip_grad=float(o.clip_grad),
+            betas=(float(o.betas[0]), float(o.betas[1])),
+            eps=float(o.eps),
+            min_lr=float(o.min_lr),
+            params_dtype=self.parallel_config.params_dtype,
+        )
+        total = int(self.trainer.max_steps) if self.trainer is not None and self.trainer.max_steps > 0 else 1
+        scheduler = build_scheduler(
+            optimizer, float(o.lr), total, int(o.warmup_steps), float(o.min_lr), float(o.weight_decay)
+        )
+        return MegatronOptimizerAdapter(optimizer, scheduler)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimizer step over this rank's share of the global batch."""
+        adapter = self.optimizers().optimizer
+        micro = self.split_micro_batches(batch)
+        seq = int(batch["tokens"].shape[1])
+
+        def closure() -> StepResult:
+            return run_step(
+                self.forward_step,
+                self._ddp_chunks,
+                micro,
+                seq_length=seq,
+                micro_batch_size=int(micro[0]["tokens"].shape[0]),
+                optimizer=adapter.megatron_optimizer,
+                scheduler=adapter.scheduler,
+            )
+
+        result: StepResult = self.optimizers().step(closure=closure)
+        self.last_step = result
+        self.log("train_loss", result.loss, prog_bar=True, rank_zero_only=True, batch_size=1)
+        self.log("lr", result.lr or 0.0, prog_bar=True, rank_zero_only=True, batch_size=1)
+        if result.grad_norm is not None:
+            self.log("grad_norm", result.grad_norm, rank_zero_only=True, batch_size=1)
+        return torch.tensor(result.loss)
+
+    # --- parallel helpers ----------------------------------------------------------------------------------------
+    @staticmethod
+    def broadcast_from_last_stage(obj: Any) -> Any:
+        """Sends a Python object from the last pipeline stage to the other stages of this pipeline."""
+        if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(
+            holder,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+        return holder[0]
+
+    @staticmethod
+    def gather_data_parallel(items: Sequence[Any]) -> list[Any]:
+        """Concatenates the lists of every data-parallel rank, in rank order."""
+        if parallel_state.get_data_parallel_world_size() == 1:
+            return list(items)
+        out: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
+        dist.all_gather_object(out, list(items), group=parallel_state.get_data_parallel_group())
+        return [x for part in out for x in part]
+
+    def model_summary(self) -> dict[str, Any]:
+        """Shape, layout and parameter count (this rank's shard) for logs and reports."""
+        return {
+            "kind": self.model_kind,
+            "attributes": list(self.schema.names),
+            "layout": {
+                "tp": self.parallel_config.tensor_model_parallel_size,
+                "pp": self.parallel_config.pipeline_model_parallel_size,
+                "dp": self.data_parallel_size,
+            },
+            "parameters_this_rank": sum(p.numel() for p in self.model.parameters()),
+            "config": OmegaConf.to_container(self._cfg, resolve=True),
+        }

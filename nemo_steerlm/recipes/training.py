@@ -1,0 +1,82 @@
+"""Shared set-up of the training stages: process launch, Lightning trainer with exp_manager, and input data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nemo_steerlm.data.prepare import prepare
+from nemo_steerlm.errors import MissingInputError
+from nemo_steerlm.models.strategy import MegatronStrategy
+from nemo_steerlm.recipes.common import schema_from_cfg
+from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
+
+LAUNCHER_ENV = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+
+
+def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
+    """Re-executes this stage under ``torchrun`` when ``trainer.devices`` > 1 and no launcher started it.
+
+    On a single node this makes ``nemo-steerlm train-apm trainer.devices=2`` just work; on SLURM the launcher's
+    ``srun`` starts one task per device instead.
+    """
+    devices = int(cfg.trainer.devices)
+    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or any(k in os.environ for k in LAUNCHER_ENV):
+        return
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
+    args += ["-m", module, *sys.argv[1:]]
+    print(f"nemo-steerlm: starting {devices} processes: {' '.join(args[1:])}", flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, args)
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path) -> Trainer:
+    """A Lightning trainer with the megatron strategy, set up by NeMo's exp_manager (checkpoints, TensorBoard)."""
+    from nemo.utils.exp_manager import exp_manager
+
+    trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    trainer = Trainer(
+        strategy=MegatronStrategy(),
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        **trainer_kwargs,
+    )
+    em = OmegaConf.to_container(cfg.exp_manager, resolve=True)
+    em.update({"exp_dir": str(output_dir), "version": "run", "use_datetime_version": False})
+    exp_manager(trainer, OmegaConf.create(em))
+    return trainer
+
+
+def resolve_training_files(cfg: DictConfig, output_dir: Path, kind: str) -> tuple[Path, Path | None]:
+    """The ``(train, validation)`` JSONL files of ``kind`` (``regression`` or ``sft``) for a training stage.
+
+    ``data`` may be a ``prepare`` output folder, a single train file, or null (prepare ``dataset`` into
+    ``output_dir/data``, once).
+    """
+    if cfg.data is None:
+        data_dir = output_dir / "data"
+        if not (data_dir / "manifest.json").exists():
+            prepare(prepare_spec_from_cfg(cfg.dataset), schema_from_cfg(cfg), data_dir)
+        return data_dir / kind / "train.jsonl", data_dir / kind / "val.jsonl"
+    path = Path(str(cfg.data))
+    if path.is_dir():
+        train, val = path / kind / "train.jsonl", path / kind / "val.jsonl"
+        if not train.exists():
+            raise MissingInputError(f"data={path}: {train} is missing (expected a `prepare` output folder)")
+        return train, val if val.exists() and val.stat().st_size > 0 else None
+    if not path.exists():
+        raise MissingInputError(f"data={path}: no such file or folder")
+    return path, None
+
+
+def set_model_data(cfg: DictConfig, train: Path, val: Path | None) -> None:
+    """Writes the resolved data files into ``model.data`` (they are recorded in the checkpoint's config)."""
+    with open_dict(cfg):
+        cfg.model.data.train = str(train)
+        cfg.model.data.validation = str(val) if val is not None and val.stat().st_size > 0 else None
