@@ -18,6 +18,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -114,7 +115,8 @@ def build_gpt_model(
         model_cls: ``GPTModel`` or a subclass (e.g. the regression model); extra keyword arguments go to it.
         pre_process: build the embedding; defaults to "this is the first pipeline stage".
         post_process: build the final norm and output; defaults to "this is the last pipeline stage".
-        **model_kwargs: extra constructor arguments for ``model_cls``.
+        **model_kwargs: extra constructor arguments for ``model_cls``; ``pg_collection`` defaults to megatron's
+            current process groups, passed in explicitly.
 
     Returns:
         The model, on the current CUDA device on GPU, on CPU otherwise.
@@ -124,6 +126,7 @@ def build_gpt_model(
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     vocab = padded_vocab_size(gpt.vocab_size, gpt.make_vocab_size_divisible_by, config.tensor_model_parallel_size)
+    model_kwargs.setdefault("pg_collection", ProcessGroupCollection.use_mpu_process_groups())
     model = model_cls(
         config=config,
         transformer_layer_spec=get_gpt_layer_local_spec(normalization=gpt.normalization),
