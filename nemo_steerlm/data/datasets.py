@@ -117,3 +117,115 @@ class MegatronBatchSampler(Sampler[list[int]]):
             batch = order[step * self.global_batch_size : (step + 1) * self.global_batch_size]
             share = -(-len(batch) // self.dp_size)
             yield batch[self.dp_rank * share : (self.dp_rank + 1) * share]
+
+
+@dataclass(frozen=True)
+class SFTSample:
+    """One tokenised conversation: ``seq + 1`` ids and the loss mask of each id (shifted at collation)."""
+
+    input_ids: list[int]
+    loss_mask: list[bool]
+
+
+class SFTDataset(Dataset):
+    """SteerLM SFT conversations rendered with the template and tokenised whole.
+
+    Args:
+        conversations: parsed SFT JSONL records.
+        tokenizer: a Hugging Face fast tokenizer.
+        seq_length: input tokens per sequence (a sample keeps at most ``seq_length + 1`` ids).
+        max_context_tokens: cap on the tokens before the first trained token (``0`` = none).
+    """
+
+    def __init__(self, conversations: Sequence[Any], tokenizer: Any, seq_length: int, max_context_tokens: int) -> None:
+        from nemo_steerlm.data.template import render_sft, tokenize_rendered
+        from nemo_steerlm.data.tokenization import encode_sft
+
+        self.samples: list[SFTSample] = []
+        self.num_truncated = 0
+        self.num_skipped = 0  # conversations with no trained token left (reported, never silently dropped)
+        for conv in conversations:
+            tok = tokenize_rendered(render_sft(conv), tokenizer)
+            enc = encode_sft(tok.input_ids, tok.loss_mask, seq_length, max_context_tokens)
+            self.num_truncated += int(enc.truncated)
+            if len(enc.input_ids) < 2 or not any(enc.loss_mask[1:]):
+                self.num_skipped += 1
+                continue
+            self.samples.append(SFTSample(enc.input_ids, list(enc.loss_mask or [])))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> SFTSample:
+        return self.samples[index]
+
+
+def pack_samples(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bins of sample indices whose input lengths (``len(ids) - 1``) sum to at most capacity.
+
+    Deterministic: ties keep input order; bins are returned in the order they were opened.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        need = lengths[i]
+        for b, free in enumerate(room):
+            if need <= free:
+                bins[b].append(i)
+                room[b] -= need
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - need)
+    return bins
+
+
+class PackedSFTDataset(Dataset):
+    """Several conversations per sequence (first-fit decreasing); each item is the list of its samples."""
+
+    def __init__(self, dataset: SFTDataset, seq_length: int) -> None:
+        self.dataset = dataset
+        self.bins = pack_samples([len(s.input_ids) - 1 for s in dataset.samples], seq_length)
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, index: int) -> list[SFTSample]:
+        return [self.dataset[i] for i in self.bins[index]]
+
+
+def collate_sft(items: Sequence[SFTSample | list[SFTSample]], pad_id: int, pad_to: int | None = None) -> dict:
+    """Right-pads (packed) samples into ``tokens``, ``labels``, ``loss_mask``, ``position_ids`` [b, s].
+
+    A packed item (a list of samples) also produces ``attention_mask`` [b, 1, s, s] (True = masked): causal within
+    each conversation, nothing across them; positions restart at 0 per conversation. Unpacked batches get no mask
+    (the model's causal mask), which is what a packed row of one conversation reduces to.
+    """
+    packed = any(isinstance(it, list) for it in items)
+    rows = [it if isinstance(it, list) else [it] for it in items]
+    length = max(sum(len(s.input_ids) - 1 for s in row) for row in rows)
+    length = max(length, pad_to or 0)
+    b = len(rows)
+    tokens = torch.full((b, length), pad_id, dtype=torch.long)
+    labels = torch.full((b, length), pad_id, dtype=torch.long)
+    loss = torch.zeros((b, length), dtype=torch.float32)
+    positions = torch.zeros((b, length), dtype=torch.long)
+    segments = torch.full((b, length), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for seg, s in enumerate(row):
+            n = len(s.input_ids) - 1
+            ids = torch.tensor(s.input_ids, dtype=torch.long)
+            tokens[r, at : at + n], labels[r, at : at + n] = ids[:-1], ids[1:]
+            loss[r, at : at + n] = torch.tensor(s.loss_mask[1:], dtype=torch.float32)
+            positions[r, at : at + n] = torch.arange(n)
+            segments[r, at : at + n] = seg
+            at += n
+        positions[r, at:] = torch.arange(length - at)
+    batch = {"tokens": tokens, "labels": labels, "loss_mask": loss, "position_ids": positions}
+    if packed:
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        same = segments.unsqueeze(2) == segments.unsqueeze(1)
+        batch["attention_mask"] = ~(same & causal).unsqueeze(1)
+    return batch

@@ -1,0 +1,116 @@
+"""The SteerLM SFT model: a megatron causal LM trained on attribute-conditioned conversations.
+
+Loss: token cross-entropy on each assistant response and the turn marker after it (system text, user turns, the
+assistant header and the attribute label are masked), averaged per trained token over the global batch
+(megatron's per-token loss, so every layout computes the same loss). Optional sequence packing.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from megatron.core import parallel_state
+from torch.utils.data import DataLoader, Dataset
+
+from nemo_steerlm.data.datasets import MegatronBatchSampler, PackedSFTDataset, SFTDataset, collate_sft
+from nemo_steerlm.data.formats import read_sft_jsonl
+from nemo_steerlm.models.base import MegatronGPTBase
+from nemo_steerlm.models.gpt import PositionAwareGPTModel
+
+
+class SteerLMSFTModel(MegatronGPTBase):
+    """Attribute-conditioned SFT model (NeMo ``ModelPT``)."""
+
+    model_kind = "sft"
+
+    def network_class(self) -> type:
+        """A GPT whose RoPE follows ``position_ids`` (packing restarts them per conversation)."""
+        return PositionAwareGPTModel
+
+    def forward_step(self, data_iterator: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+        """Runs one micro-batch; the loss is the masked token cross-entropy sum and the trained-token count."""
+        mb = next(data_iterator)
+        output = model(mb["tokens"], mb["position_ids"], mb.get("attention_mask"), labels=mb["labels"])
+        mask = mb["loss_mask"]
+
+        def loss_func(out: torch.Tensor, non_loss_data: bool = False) -> Any:
+            per_token = out.float() * mask.to(out.device)
+            if non_loss_data:
+                return {"nll": per_token.sum(dim=1).detach().cpu(), "tokens": mask.sum(dim=1).cpu()}
+            total, count = per_token.sum(), mask.sum()
+            return total, count.to(torch.int), {"loss": torch.stack([total.detach(), count.to(total.device)])}
+
+        return output, loss_func
+
+    # --- data ----------------------------------------------------------------------------------------------------
+    def sft_dataset(self, path: str) -> SFTDataset:
+        """Reads, renders and tokenises an SFT JSONL file."""
+        conversations = read_sft_jsonl(path, self.schema)
+        return SFTDataset(conversations, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        sampler = MegatronBatchSampler(
+            len(dataset),
+            int(self._cfg.global_batch_size),
+            parallel_state.get_data_parallel_rank(),
+            parallel_state.get_data_parallel_world_size(),
+            shuffle=train,
+            seed=int(self._cfg.seed),
+            drop_last=train,
+        )
+        collate = partial(collate_sft, pad_id=int(self.tokenizer.pad_token_id))
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+
+    def _maybe_packed(self, dataset: SFTDataset) -> Dataset:
+        return PackedSFTDataset(dataset, int(self._cfg.seq_length)) if bool(self._cfg.data.packing) else dataset
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches from ``model.data.train`` (packed when ``model.data.packing``)."""
+        self.train_set = self.sft_dataset(str(self._cfg.data.train))
+        return self._loader(self._maybe_packed(self.train_set), train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches from ``model.data.validation`` (never packed; none when it is null)."""
+        if self._cfg.data.validation is None:
+            return []
+        self.val_set = self.sft_dataset(str(self._cfg.data.validation))
+        return self._loader(self.val_set, train=False) if len(self.val_set) else []
+
+    # --- validation: token-weighted loss -----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        """Starts accumulating summed NLL and token counts."""
+        self._val_nll: list[tuple[float, float]] = []
+
+    def sequence_nll(self, batch: dict[str, torch.Tensor]) -> list[tuple[float, float]] | None:
+        """Per-sequence ``(summed NLL, trained tokens)`` of a batch (last pipeline stage; ``None`` elsewhere)."""
+        from nemo_steerlm.megatron.step import run_forward_collect
+
+        size = int(self._cfg.micro_batch_size)
+        n = batch["tokens"].shape[0]
+        out: list[tuple[float, float]] = []
+        for start in range(0, n, size):
+            micro = [{k: v[start : start + size] for k, v in batch.items()}]
+            got = run_forward_collect(
+                self.forward_step, self.chunks(), micro, int(batch["tokens"].shape[1]), micro[0]["tokens"].shape[0]
+            )
+            if not got:
+                return None
+            out.extend(zip(got[0]["nll"].tolist(), got[0]["tokens"].tolist(), strict=True))
+        return out
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Scores a validation batch (this rank's share)."""
+        if batch["tokens"].shape[0] == 0:
+            return
+        got = self.sequence_nll(batch)
+        if got is not None:
+            self._val_nll.extend(got)
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs the token-weighted validation loss over all data-parallel ranks."""
+        pairs = self.gather_data_parallel(self._val_nll)
+        nll, tokens = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        value = self.broadcast_from_last_stage(nll / tokens if tokens else 0.0)
+        self.log("val_loss", float(value), prog_bar=True, rank_zero_only=True, batch_size=1)
