@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from nemo_steerlm.errors import UserError
+
 OASST_ATTRIBUTES: tuple[str, ...] = ("quality", "toxicity", "humor", "creativity")
 HELPSTEER_ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 ALL_ATTRIBUTES: tuple[str, ...] = OASST_ATTRIBUTES + HELPSTEER_ATTRIBUTES
@@ -47,7 +49,7 @@ DEFAULT_STEER: dict[str, int] = {
 }
 
 
-class LabelError(ValueError):
+class LabelError(UserError):
     """A label string or label value that does not fit the attribute schema."""
 
 

@@ -30,8 +30,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from nemo_steerlm.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """An input record that breaks a data rule; the message names the file, the 1-based line and the field.
 
     Args:
@@ -277,3 +279,10 @@ def write_jsonl_atomic(path: str | os.PathLike[str], lines: Iterable[str]) -> in
     with atomic_files(p.parent) as files:
         files.open(p.name).write_lines(lines)
     return files.counts[p.name]
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Writes ``obj`` as indented JSON through a temporary file in the same folder and a rename."""
+    p = Path(path)
+    with atomic_files(p.parent) as files:
+        files.open(p.name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from nemo_steerlm.data.formats import read_regression_jsonl
-from nemo_steerlm.data.io import write_jsonl_atomic
+from nemo_steerlm.data.io import write_json_atomic, write_jsonl_atomic
 from nemo_steerlm.data.template import regression_response
 from nemo_steerlm.evaluation.apm_metrics import compute_apm_metrics, plot_apm
 
@@ -58,6 +58,6 @@ def evaluate_apm(model: Any, eval_path: Path, train_path: Path, out_dir: Path) -
             for i, (p, e) in enumerate(zip(preds, evals, strict=True))
         ),
     )
-    (out_dir / "apm_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out_dir / "apm_metrics.json", metrics)
     plot_apm(preds, targets, names, out_dir / "apm_scatter.png")
     return metrics

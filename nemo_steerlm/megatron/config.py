@@ -10,12 +10,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from nemo_steerlm.errors import UserError
+
 Normalization = Literal["RMSNorm", "LayerNorm"]
 Activation = Literal["swiglu", "gelu"]
 PositionEmbedding = Literal["rope", "learned_absolute"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A model or parallel-layout setting that cannot work; the message names the config key to change."""
 
 

@@ -1,28 +1,49 @@
-"""What every stage entry point shares: config resolution, the output folder, user-error handling, timings.
+"""What every stage entry point shares: the Hydra app, config resolution, user-error handling, timings.
 
-A recipe is ``@hydra_runner(...) def main(cfg): run_stage("name", cfg, body)`` where ``body(cfg, output_dir)``
-does the work and returns a JSON-serialisable summary. Recipes are the only modules that read Hydra config.
+A recipe is ``@stage_app("name") def main(cfg): run_stage("name", cfg, body)`` where ``body(cfg, output_dir)`` does
+the work and returns a JSON-serialisable summary. Recipes are the only modules that read Hydra config.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 StageBody = Callable[[DictConfig, Path], "dict[str, Any] | None"]
+
+
+# What NeMo's hydra_runner sets too: run in the current folder, no .hydra output folder, plain stdout logging.
+# Our own decorator keeps stages that build no model (prepare, launch) free of NeMo's ~8 s import.
+HYDRA_DEFAULTS: tuple[str, ...] = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout")
+
+
+def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+    """Decorates a stage's ``main(cfg)`` as a Hydra app on ``conf/<config_name>.yaml`` (overrides from argv)."""
+
+    def decorate(task: Callable[[DictConfig], None]) -> Callable[[], None]:
+        @functools.wraps(task)
+        def main() -> None:
+            given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
+            sys.argv += [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
+            hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(task)()
+
+        return main
+
+    return decorate
 
 
 def schema_from_cfg(cfg: DictConfig) -> AttributeSchema:
@@ -40,13 +61,6 @@ def require_path(cfg: DictConfig, key: str, what: str) -> Path:
     if not path.exists():
         raise MissingInputError(f"{key}={path}: no such file or directory ({what})")
     return path
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | None:
@@ -71,7 +85,7 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | 
     write_json_atomic(
         output_dir / f"{stage}.summary.json", {"stage": stage, "seconds": round(elapsed, 3), **(summary or {})}
     )
-    print(f"nemo-steerlm {stage}: done in {elapsed:.1f}s -> {output_dir}")
+    print(f"nemo-steerlm {stage}: done in {elapsed:.2f}s -> {output_dir}")
     return summary
 
 

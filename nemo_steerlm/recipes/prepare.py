@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemo.core.config import hydra_runner
 from omegaconf import DictConfig
 
 from nemo_steerlm.data.prepare import PrepareSpec, SourceSpec, prepare
-from nemo_steerlm.recipes.common import CONF_DIR, run_stage, schema_from_cfg
+from nemo_steerlm.recipes.common import run_stage, schema_from_cfg, stage_app
 from nemo_steerlm.resources import helpsteer_sample_path
 
 
@@ -27,10 +26,11 @@ def prepare_spec_from_cfg(dataset: DictConfig) -> PrepareSpec:
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Writes ``output_dir/{sft,regression}/{train,val}.jsonl`` and ``manifest.json``."""
     manifest = prepare(prepare_spec_from_cfg(cfg.dataset), schema_from_cfg(cfg), output_dir)
-    return {"manifest": str(output_dir / "manifest.json"), "rows": manifest["rows"]}
+    rows = {name: entry["rows"] for name, entry in manifest["files"].items()}
+    return {"manifest": str(output_dir / "manifest.json"), "rows": rows}
 
 
-@hydra_runner(config_path=CONF_DIR, config_name="prepare")
+@stage_app("prepare")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     run_stage("prepare", cfg, body)

@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemo.core.config import hydra_runner
 from omegaconf import DictConfig
 
 from nemo_steerlm.evaluation.apm_eval import evaluate_apm
 from nemo_steerlm.models.apm import AttributePredictionModel
-from nemo_steerlm.recipes.common import CONF_DIR, run_stage
+from nemo_steerlm.recipes.common import run_stage, stage_app
 from nemo_steerlm.recipes.training import build_trainer, relaunch_under_torchrun, resolve_training_files, set_model_data
 
 
@@ -39,7 +38,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
 
 
-@hydra_runner(config_path=CONF_DIR, config_name="train_apm")
+@stage_app("train_apm")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.train_apm")
