@@ -1,0 +1,190 @@
+"""Stage ``launch``: submit a chain of stages to SLURM, or report on / cancel a submitted chain.
+
+Run ``nemo-steerlm launch [overrides]``; ``action=submit`` (default) renders one sbatch script per step of the
+``launch`` config group and submits them as an ``afterok`` chain (``dry_run=true`` only prints them);
+``action=status chain=RUN_DIR`` prints ``sacct``/``squeue`` states of the chain's jobs; ``action=cancel chain=RUN_DIR``
+cancels them. This module turns Hydra config into the plain specs of :mod:`launchers` (which reads no config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+import launchers
+from launchers.render import stage_command
+from launchers.slurm import client_runner, code_version, write_scripts
+from launchers.spec import flatten_overrides
+from nemo_steerlm.errors import UserError
+from nemo_steerlm.recipes.common import run_stage, stage_app
+
+ACTIONS = ("submit", "status", "cancel")
+_STEP_KEYS = {f.name for f in dataclasses.fields(launchers.StepSpec)} - {"name", "layout"}
+_LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "global_batch_size", "micro_batch_size")
+
+
+def cluster_from_cfg(c: DictConfig) -> launchers.ClusterSpec:
+    """The ``cluster`` config group as a :class:`launchers.ClusterSpec` (``workdir: null`` = the current folder)."""
+    plain: dict[str, Any] = OmegaConf.to_container(c, resolve=True)  # type: ignore[assignment]
+    box = plain.pop("container")
+    known = {f.name for f in dataclasses.fields(launchers.ClusterSpec)}
+    unknown = sorted(set(plain) - known)
+    if unknown:
+        raise UserError(f"cluster.{unknown[0]}: unknown cluster setting (known: {', '.join(sorted(known))})")
+    plain["workdir"] = plain["workdir"] or os.getcwd()
+    plain["env"] = {str(k): str(v) for k, v in (plain["env"] or {}).items()}
+    for key in ("setup", "sbatch_extra", "srun_extra"):
+        plain[key] = tuple(str(v) for v in plain[key] or ())
+    if plain["mem"] is not None:
+        plain["mem"] = str(plain["mem"])
+    container = launchers.ContainerSpec(box["image"], tuple(box["mounts"] or ()), box["workdir"])
+    return launchers.ClusterSpec(container=container, **plain)
+
+
+def _stage_layout(stage: str, overrides: dict[str, str]) -> launchers.Layout | None:
+    """The layout the stage will run with: its own config composed with the step's overrides (None: no config)."""
+    try:
+        composed = hydra.compose(
+            config_name=stage.replace("-", "_"), overrides=[f"{k}={v}" for k, v in overrides.items()]
+        )
+    except Exception as err:  # noqa: BLE001 - a stage config not in this version, or an override it rejects
+        print(f"nemo-steerlm launch: warning: layout of stage {stage} not checked against its config ({err})")
+        return None
+    values: dict[str, int | None] = {}
+    for key in _LAYOUT_KEYS:
+        value = OmegaConf.select(composed, f"model.{key}", default=None)
+        value = OmegaConf.select(composed, f"layout.{key}", default=None) if value is None else value
+        values[key] = None if value is None else int(value)
+    values["tensor_model_parallel_size"] = values["tensor_model_parallel_size"] or 1
+    values["pipeline_model_parallel_size"] = values["pipeline_model_parallel_size"] or 1
+    return launchers.Layout(**values)  # type: ignore[arg-type]
+
+
+def step_from_cfg(name: str, s: DictConfig, cluster: launchers.ClusterSpec) -> launchers.StepSpec:
+    """One entry of ``launch.steps`` as a :class:`launchers.StepSpec` (layout resolved for distributed steps)."""
+    plain: dict[str, Any] = OmegaConf.to_container(s, resolve=True)  # type: ignore[assignment]
+    unknown = sorted(set(plain) - _STEP_KEYS)
+    if unknown:
+        raise UserError(
+            f"launch.steps.{name}.{unknown[0]}: unknown step setting (known: {', '.join(sorted(_STEP_KEYS))})"
+        )
+    if "stage" not in plain:
+        raise UserError(f"launch.steps.{name}.stage is missing: the nemo-steerlm stage this step runs")
+    plain["overrides"] = flatten_overrides(plain.get("overrides") or {})
+    plain["inputs"] = {str(k): str(v) for k, v in (plain.get("inputs") or {}).items()}
+    step = launchers.StepSpec(name=name, **plain)
+    if step.distributed:
+        per_node = step.devices_per_node if step.devices_per_node is not None else cluster.devices_per_node
+        forced = {"trainer.devices": str(per_node), "trainer.num_nodes": str(step.nodes)}
+        step = dataclasses.replace(step, layout=_stage_layout(step.stage, {**step.overrides, **forced}))
+    return step
+
+
+def chains_from_cfg(cfg: DictConfig, cluster: launchers.ClusterSpec) -> tuple[launchers.ChainSpec, launchers.ChainSpec]:
+    """The whole chain (to check) and the part to submit (``only``), both rooted at ``output_dir``."""
+    run_dir = str(Path(str(cfg.output_dir)).resolve())
+    steps = tuple(step_from_cfg(str(n), s, cluster) for n, s in cfg.launch.steps.items() if s is not None)
+    full = launchers.ChainSpec(name=str(cfg.launch.name), steps=steps, run_dir=run_dir)
+    if cfg.only is None:
+        return full, full
+    only = [str(n) for n in cfg.only]
+    missing = [n for n in only if n not in {s.name for s in steps}]
+    if missing:
+        raise UserError(
+            f"only={only}: {missing[0]!r} is not a step of launch.steps ({', '.join(s.name for s in steps)})"
+        )
+    return full, dataclasses.replace(full, steps=tuple(s for s in steps if s.name in only))
+
+
+def _step_records(cfg: DictConfig, chain: launchers.ChainSpec, cluster: launchers.ClusterSpec) -> dict[str, str]:
+    records = {}
+    for step in chain.steps:
+        command = stage_command(step, chain, cluster)
+        plain = json.loads(json.dumps({"step": dataclasses.asdict(step), "command": command}))
+        records[step.name] = OmegaConf.to_yaml(OmegaConf.create(plain))
+    records["launch"] = OmegaConf.to_yaml(cfg)
+    return records
+
+
+def submit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """``action=submit``: check, render, write and submit the chain; returns the job ids."""
+    cluster = cluster_from_cfg(cfg.cluster)
+    full, chain = chains_from_cfg(cfg, cluster)
+    launchers.check_chain(full, cluster, for_submit=True)
+    jobs = launchers.render_chain(chain, cluster)
+    version = code_version(cluster.workdir or ".")
+    ldir = write_scripts(jobs, chain, _step_records(cfg, chain, cluster), version)
+    submitted = launchers.submit(jobs, chain, cluster, client_runner(cluster))
+    for job in submitted:
+        print(f"submitted {job.job:<16} job {job.job_id:<8} {'after ' + job.depends_on if job.depends_on else ''}")
+    print(f"chain manifest: {ldir / 'chain.json'}   status: nemo-steerlm launch action=status chain={output_dir}")
+    return {"chain": str(ldir / "chain.json"), "jobs": {j.job: j.job_id for j in submitted}, "version": version}
+
+
+def dry_run(cfg: DictConfig) -> None:
+    """``dry_run=true``: check the chain and print every script; nothing is written or submitted."""
+    cluster = cluster_from_cfg(cfg.cluster)
+    full, chain = chains_from_cfg(cfg, cluster)
+    launchers.check_chain(full, cluster, for_submit=False)
+    for job in launchers.render_chain(chain, cluster):
+        print(f"# ===== {job.script_path} =====")
+        print(job.text)
+    print(f"# dry run: {len(chain.steps)} steps rendered, nothing submitted")
+
+
+def report(cfg: DictConfig) -> None:
+    """``action=status`` / ``action=cancel`` on the chain at ``chain`` (or ``output_dir``)."""
+    manifest = launchers.load_manifest(str(cfg.chain if cfg.chain is not None else cfg.output_dir))
+    runner = client_runner(dataclasses.replace(cluster_from_cfg(cfg.cluster), env=manifest["env"]))
+    if cfg.action == "status":
+        print(f"chain {manifest['chain']} ({manifest['run_dir']}), submitted {manifest['submitted_at']}")
+        print(launchers.format_status(launchers.status(manifest, runner)))
+    else:
+        ids = launchers.cancel(manifest, runner)
+        print(f"cancelled chain {manifest['chain']}: jobs {' '.join(ids)}")
+
+
+def _read_only(cfg: DictConfig) -> None:
+    """Dry runs, status and cancel write no run record; errors still exit 2 with one line."""
+    try:
+        OmegaConf.resolve(cfg)
+        dry_run(cfg) if cfg.action == "submit" else report(cfg)
+    except MissingMandatoryValue as err:
+        _fail(f"missing required setting: pass {getattr(err, 'full_key', None) or err}=...")
+    except (UserError, launchers.LaunchError) as err:
+        _fail(str(err))
+
+
+def _fail(message: str) -> None:
+    print(f"nemo-steerlm launch: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _submit_body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    try:
+        return submit(cfg, output_dir)
+    except launchers.LaunchError as err:
+        raise UserError(str(err)) from err
+
+
+@stage_app("launch")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    if cfg.action not in ACTIONS:
+        _fail(f"action={cfg.action}: choose one of {', '.join(ACTIONS)}")
+    if cfg.action == "submit" and not cfg.dry_run:
+        run_stage("launch", cfg, _submit_body)
+    else:
+        _read_only(cfg)
+
+
+if __name__ == "__main__":
+    main()
