@@ -1,0 +1,416 @@
+"""Hugging Face directories ⇄ ``.nemo`` models: import at any TP/PP layout, export at TP=1, initial weights.
+
+* :func:`import_hf` builds our attribute model (APM, fresh seeded regression head) or SFT model from a local
+  Hugging Face Llama-architecture directory, loads each rank's TP/PP shard and saves a ``.nemo`` (collective: call on
+  every rank).
+* :func:`export_hf` restores a ``.nemo`` at TP=1 in one process and writes a ``LlamaForCausalLM`` (SFT) or
+  ``LlamaForSequenceClassification`` (APM) directory with the tokenizer and a SteerLM chat template.
+* :func:`load_initial_weights` puts pretrained weights (a Hugging Face directory or a ``.nemo``) into an already
+  built model at its own layout: what the training stages call for ``init_from``.
+
+Nothing here reads Hydra config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT, AttributeSchema
+from nemo_steerlm.errors import MissingInputError, UserError
+from nemo_steerlm.interop.chat_template import steerlm_chat_template
+from nemo_steerlm.interop.hf_llama import (
+    HEAD_KEYS,
+    SCORE_BIAS_KEY,
+    HFInteropError,
+    gpt_config_from_hf,
+    hf_config_dict,
+    hf_to_megatron,
+    megatron_to_hf,
+    regression_bias,
+    shape_mismatches,
+)
+
+MODEL_CLASSES = {
+    "apm": "nemo_steerlm.models.apm.AttributePredictionModel",
+    "sft": "nemo_steerlm.models.sft.SteerLMSFTModel",
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def read_hf_config(hf_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a local Hugging Face model directory.
+
+    Raises:
+        MissingInputError: the directory or its ``config.json`` does not exist.
+    """
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise MissingInputError(f"model={hf_dir}: no Hugging Face config.json there (expected a model directory)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_hf_state(hf_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All weights of a local Hugging Face directory (safetensors, sharded safetensors, or ``pytorch_model.bin``)."""
+    from safetensors.torch import load_file
+
+    root = Path(hf_dir)
+    if (root / "model.safetensors").is_file():
+        return load_file(str(root / "model.safetensors"))
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            state.update(load_file(str(root / name)))
+        return state
+    if (root / "pytorch_model.bin").is_file():
+        return torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise MissingInputError(f"model={hf_dir}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def build_model_config(
+    hf_config: Mapping[str, Any],
+    model_type: str,
+    tokenizer_dir: str | os.PathLike[str],
+    schema: AttributeSchema,
+    layout: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> DictConfig:
+    """The flat model config (as in ``conf/model/gpt.yaml``) of a model with a Hugging Face model's shape.
+
+    Args:
+        hf_config: the Hugging Face ``config.json`` dict.
+        model_type: ``apm`` or ``sft``.
+        tokenizer_dir: Hugging Face tokenizer directory.
+        schema: the attribute schema (the APM's outputs; recorded in both models).
+        layout: model-config keys of the layout: ``tensor_model_parallel_size``, ``pipeline_model_parallel_size``,
+            ``sequence_parallel``, ``params_dtype``, ``seq_length``, ``make_vocab_size_divisible_by``.
+        extra: further model-config keys, set last (e.g. batch sizes and optimizer settings of a training stage).
+    """
+    if model_type not in MODEL_CLASSES:
+        raise UserError(f"model_type={model_type!r}: choose one of {sorted(MODEL_CLASSES)}")
+    layout = dict(layout or {})
+    gpt = gpt_config_from_hf(
+        hf_config, layout.pop("seq_length", None), int(layout.pop("make_vocab_size_divisible_by", 128))
+    )
+    tp = int(layout.get("tensor_model_parallel_size", 1))
+    pp = int(layout.get("pipeline_model_parallel_size", 1))
+    dp = max(_world_size() // (tp * pp), 1)
+    cfg: dict[str, Any] = {
+        **{k: v for k, v in gpt.__dict__.items() if k != "vocab_size"},
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "sequence_parallel": False,
+        "params_dtype": "float32",
+        "seed": 1234,
+        "tokenizer": {"path": str(tokenizer_dir)},
+        "attributes": {
+            "names": list(schema.names),
+            "drop": [],
+            "min_value": schema.min_value,
+            "max_value": schema.max_value,
+        },  # fmt: skip
+        "micro_batch_size": 1,
+        "global_batch_size": dp,
+        "max_context_tokens": 0,
+        "optim": {
+            "lr": 1e-5,
+            "min_lr": 0.0,
+            "warmup_steps": 0,
+            "weight_decay": 0.0,
+            "betas": [0.9, 0.98],
+            "eps": 1e-8,
+            "clip_grad": 1.0,
+        },  # fmt: skip
+        "data": {"train": None, "validation": None, "packing": False},
+        "target": MODEL_CLASSES[model_type],
+    }
+    cfg.update(layout)
+    conf = OmegaConf.create(cfg)
+    for key, value in (extra or {}).items():
+        OmegaConf.update(conf, key, value, merge=True)
+    return conf
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def import_hf(
+    hf_dir: str | os.PathLike[str],
+    model_type: str,
+    out_path: str | os.PathLike[str],
+    layout: Mapping[str, Any] | None = None,
+    schema: AttributeSchema | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert a local Hugging Face Llama-architecture directory into a ``.nemo`` (call on every rank).
+
+    Args:
+        hf_dir: the model directory (``config.json``, weights, tokenizer files), read offline.
+        model_type: ``apm`` (fresh regression head, seeded by ``seed``; a sequence-classification checkpoint's
+            ``score`` head is kept) or ``sft``.
+        out_path: the ``.nemo`` to write.
+        layout: TP/PP and numerics keys (see :func:`build_model_config`).
+        schema: attribute schema; the default nine SteerLM attributes when ``None``.
+        extra: further model-config keys.
+
+    Returns:
+        The written archive.
+    """
+    from hydra.utils import get_class
+
+    from nemo_steerlm.models.checkpoint import save_nemo
+
+    hf_config = read_hf_config(hf_dir)
+    cfg = build_model_config(hf_config, model_type, hf_dir, schema or AttributeSchema(), layout, extra)
+    model = get_class(str(cfg.target))(cfg=cfg, trainer=None)
+    load_initial_weights(model, hf_dir)
+    return save_nemo(model, out_path)
+
+
+def _check_vocab(model: Any, hf_vocab: int, source: Any) -> None:
+    if model.gpt_config.vocab_size != hf_vocab:
+        raise HFInteropError(
+            f"{source}: config vocab_size={hf_vocab} but the tokenizer ({model._cfg.tokenizer.path}) has "
+            f"{model.gpt_config.vocab_size} tokens; use the model's own tokenizer (model.tokenizer.path)"
+        )
+
+
+def init_regression_head(model: Any, seed: int) -> None:
+    """Re-initialise the APM's regression head from ``seed`` alone (same weights at every layout), bias zero."""
+    head = getattr(model.model, "regression_head", None)
+    if head is None:
+        return
+    gen = torch.Generator().manual_seed(int(seed))
+    std = float(model.gpt_config.init_method_std)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen, dtype=torch.float32) * std)
+        head.bias.zero_()
+
+
+def load_full_state(model: Any, full: Mapping[str, Any]) -> list[str]:
+    """Load a full (TP=1, PP=1) megatron state dict into this rank's shard of ``model.model``.
+
+    A missing regression head (pretrained trunk into an APM) is initialised by :func:`init_regression_head` from
+    ``model.cfg.seed``; a missing untied ``output_layer`` (APM exported as sequence classification) keeps its
+    initialisation. A regression head in ``full`` is ignored by a model without one.
+
+    Returns:
+        The keys of this rank's shard that kept their initial values.
+    """
+    from megatron.core import parallel_state
+
+    from nemo_steerlm.megatron.checkpoint_layout import full_to_shard
+
+    shard = full_to_shard(
+        full,
+        model.gpt_config,
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+    own = model.model.state_dict()
+    shard = {k: v for k, v in shard.items() if k in own}
+    result = model.model.load_state_dict(shard, strict=False)
+    kept = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    allowed = set(HEAD_KEYS) | {"output_layer.weight"}
+    wrong = [k for k in kept if k not in allowed]
+    if wrong:
+        raise HFInteropError(f"pretrained weights lack tensors of this model: {wrong[:8]}")
+    if any(k in HEAD_KEYS for k in kept):
+        init_regression_head(model, int(model.cfg.seed))
+    return kept
+
+
+def load_initial_weights(model: Any, path: str | os.PathLike[str]) -> list[str]:
+    """Load pretrained weights into a built model at its own layout (collective for ``.nemo``; call on every rank).
+
+    Args:
+        model: an ``AttributePredictionModel`` or ``SteerLMSFTModel`` (its shape must equal the checkpoint's).
+        path: a Hugging Face Llama directory (converted on the fly) or a ``.nemo`` of either kind (the trunk is
+            loaded; an APM's regression head too when both are APMs, otherwise it is freshly initialised).
+
+    Returns:
+        This rank's parameter names that were not in the checkpoint (kept at their initialisation).
+
+    Raises:
+        MissingInputError: ``path`` does not exist.
+        HFInteropError: the checkpoint's shape or vocabulary differs from the model's (names the fields).
+    """
+    path = Path(path)
+    if path.is_dir():
+        hf_config = read_hf_config(path)
+        divisible = model.gpt_config.make_vocab_size_divisible_by
+        theirs = gpt_config_from_hf(hf_config, make_vocab_size_divisible_by=divisible)
+        _check_vocab(model, theirs.vocab_size, f"init weights {path}")
+        _check_shape(model, theirs, path)
+        bias = hf_config.get(SCORE_BIAS_KEY)
+        full = hf_to_megatron(read_hf_state(path), model.gpt_config, None if bias is None else torch.tensor(bias))
+        return load_full_state(model, full)
+    if path.is_file():
+        return _load_nemo_weights(model, path)
+    raise MissingInputError(f"init weights {path}: no such Hugging Face directory or .nemo file")
+
+
+def _check_shape(model: Any, theirs: Any, source: Any) -> None:
+    diff = shape_mismatches(model.gpt_config, theirs)
+    if diff:
+        ours = model.gpt_config
+        detail = ", ".join(f"{k}: model {getattr(ours, k)} vs checkpoint {getattr(theirs, k)}" for k in diff)
+        raise HFInteropError(f"init weights {source} have another shape than the model ({detail}); set model.<key>")
+
+
+def _load_nemo_weights(model: Any, path: Path) -> list[str]:
+    """Load the trunk (and a matching regression head) of a ``.nemo`` through megatron's dist_checkpointing."""
+    import tarfile
+
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    from nemo_steerlm.models.base import gpt_config_from
+    from nemo_steerlm.models.checkpoint import CONFIG_NAME, WEIGHTS_DIR, read_nemo_meta
+
+    read_nemo_meta(path)
+    with tempfile.TemporaryDirectory(prefix="nemo_steerlm_init_") as tmp:
+        with tarfile.open(path, "r") as tar:
+            tar.extractall(tmp, filter="data")
+        cfg = OmegaConf.load(Path(tmp) / CONFIG_NAME)
+        _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)
+        weights = str(Path(tmp) / WEIGHTS_DIR)
+        available = set(dist_checkpointing.load_tensors_metadata(weights))
+        wanted = {}
+        for key, item in model.model.sharded_state_dict().items():
+            if isinstance(item, ShardedTensor) and item.key not in available:
+                continue
+            if "regression_head" in key and not any("regression_head" in k for k in available):
+                continue
+            wanted[key] = item
+        state = dist_checkpointing.load(wanted, weights)
+    result = model.model.load_state_dict(state, strict=False)
+    kept = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    wrong = [k for k in kept if k not in HEAD_KEYS]
+    if wrong:
+        raise HFInteropError(f"init weights {path} lack tensors of this model: {wrong[:8]}")
+    if kept:
+        init_regression_head(model, int(model.cfg.seed))
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------------------ export
+def _hf_config(model: Any, kind: str, dtype: torch.dtype) -> Any:
+    """The transformers config of an exported model (``LlamaConfig`` with token ids, labels for the APM)."""
+    from transformers import LlamaConfig
+
+    tok = model.tokenizer
+    kwargs = hf_config_dict(model.gpt_config)
+    kwargs.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if kind == "apm":
+        names = list(model.schema.names)
+        kwargs.update(
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+            problem_type="regression",
+        )
+    config = LlamaConfig(**kwargs)
+    config.dtype = dtype
+    return config
+
+
+def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write a ``.nemo`` as a Hugging Face directory (one process; the model is restored at TP=1, PP=1).
+
+    SFT → ``LlamaForCausalLM``; APM → ``LlamaForSequenceClassification`` (``num_labels`` = attributes, ``id2label``
+    = their names, ``pad_token_id`` set so the last non-pad token is scored; pad on the right). HF's ``score`` has no
+    bias: the regression head's bias is stored as ``config.score_bias`` (add it to the logits, or load with
+    :func:`load_hf_apm`). The tokenizer gets the SteerLM chat template; ``steerlm.json`` records the schema.
+
+    Returns:
+        A summary: kind, output folder, architecture, parameter count, ``score_bias`` (APM).
+    """
+    from nemo_steerlm.models.checkpoint import read_nemo_meta, restore_nemo
+
+    if _world_size() > 1:
+        raise UserError("export runs in one process (it restores the model at TP=1): start it without torchrun")
+    kind = str(read_nemo_meta(nemo_path)["kind"])
+    layout = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
+              "micro_batch_size": 1, "global_batch_size": 1}  # fmt: skip
+    model = restore_nemo(nemo_path, kind, layout)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    full = model.model.state_dict()
+    dtype = next(model.model.parameters()).dtype
+    summary = _write_hf_model(model, kind, full, dtype, out)
+    tok = model.tokenizer
+    tok.chat_template = steerlm_chat_template(model.schema.steer_label())
+    tok.save_pretrained(str(out), save_jinja_files=False)  # the template goes into tokenizer_config.json
+    meta = {
+        "kind": kind,
+        "attributes": list(model.schema.names),
+        "value_range": [model.schema.min_value, model.schema.max_value],
+        "markers": list(MARKERS),
+        "system_prompt": SYSTEM_PROMPT,
+        "default_steer_label": model.schema.steer_label(),
+        "source": str(Path(nemo_path).resolve()),
+    }
+    (out / "steerlm.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return {"kind": kind, "output_dir": str(out), **summary}
+
+
+def _write_hf_model(model: Any, kind: str, full: Mapping[str, Any], dtype: torch.dtype, out: Path) -> dict[str, Any]:
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    config = _hf_config(model, kind, dtype)
+    head = "score" if kind == "apm" else "lm_head"
+    state = megatron_to_hf(full, model.gpt_config, head=head)
+    if kind == "apm":
+        setattr(config, SCORE_BIAS_KEY, regression_bias(full))
+    cls = LlamaForSequenceClassification if kind == "apm" else LlamaForCausalLM
+    with torch.device("meta"):
+        hf_model = cls(config)
+    result = hf_model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not (k == "lm_head.weight" and model.gpt_config.tie_embeddings)]
+    if missing or result.unexpected_keys:
+        raise HFInteropError(f"export mapping mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+    if model.gpt_config.tie_embeddings and kind == "sft":
+        hf_model.tie_weights()
+    hf_model.to(dtype).save_pretrained(str(out))
+    return {
+        "architecture": cls.__name__,
+        "parameters": sum(t.numel() for t in state.values()),
+        "score_bias": getattr(config, SCORE_BIAS_KEY, None),
+    }
+
+
+def load_hf_apm(hf_dir: str | os.PathLike[str]) -> Any:
+    """Load an exported APM as ``LlamaForSequenceClassification`` with its regression bias restored.
+
+    ``score`` is replaced by a ``Linear`` with bias ``config.score_bias``, so ``model(...).logits`` are the
+    attribute scores of our model (last non-pad token; pad on the right).
+    """
+    from transformers import LlamaForSequenceClassification
+
+    model = LlamaForSequenceClassification.from_pretrained(str(hf_dir))
+    bias = getattr(model.config, SCORE_BIAS_KEY, None)
+    if bias is not None:
+        old = model.score
+        new = torch.nn.Linear(old.in_features, old.out_features, bias=True, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(old.weight)
+            new.bias.copy_(torch.tensor(bias, dtype=old.weight.dtype))
+        model.score = new
+    return model.eval()
