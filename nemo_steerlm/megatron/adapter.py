@@ -17,7 +17,8 @@ The patches, each the narrowest found to work (measured on megatron-core 0.16.1,
    sequence-parallel all-gather). Replaced by the same method allocating on CPU.
 3. **Module-scoped CUDA device lookups.** About a hundred allocations in the TP/SP mappings, the TP layers, the
    pipeline p2p communication, the DDP grad buffers, grad clipping and RoPE use ``torch.cuda.current_device()``, and
-   ``pipeline_parallel/schedules.py`` (like ``clip_grads.py``) has ``device="cuda"`` literals. Rather than patching
+   ``pipeline_parallel/schedules.py`` (like ``clip_grads.py``) has ``device="cuda"`` literals; the static KV cache of
+   generation (``Attention._allocate_memory``) is allocated on the CUDA device too. Rather than patching
    ``torch`` globally (which would lie to every other library in the process), the module-level name ``torch`` of
    just those megatron modules is rebound to :class:`_CpuTorchView`: a read-through view of ``torch`` whose
    ``cuda.current_device()`` is the CPU device, whose ``cuda.synchronize()`` is a no-op, and whose tensor
@@ -69,6 +70,8 @@ CUDA_DEVICE_MODULES: tuple[str, ...] = (
     "megatron.core.dist_checkpointing.strategies.state_dict_saver",
     "megatron.core.dist_checkpointing.strategies.async_utils",
     "megatron.core.dist_checkpointing.exchange_utils",
+    # the static KV cache of generation (Attention._allocate_memory) is allocated on the CUDA device
+    "megatron.core.transformer.attention",
 )
 
 _TENSOR_FACTORIES: tuple[str, ...] = ("empty", "zeros", "ones", "full", "tensor", "arange")

@@ -1,0 +1,262 @@
+"""Annotation: label every assistant turn of SFT conversations with an attribute prediction model.
+
+Each assistant turn is read exactly as :func:`~nemo_steerlm.data.template.render_regression` renders it (the
+conversation up to and including the turn, then ``<extra_id_2>``), whatever label it carried before; the model's
+scores are clipped to the schema's range and rounded half to even, and the turn's label becomes every attribute of
+the schema (``schema.format_label(schema.from_predictions(p))``). Over-long conversations are cut from the left
+(the read-out survives) and counted.
+
+Work is committed in chunks of conversations, each chunk file written atomically into a state folder, so a killed
+run resumes where it stopped; the final file is the concatenation of the chunks, written atomically. The result does
+not depend on where a run was interrupted (chunks are fixed by ``chunk_size``). Contiguous shards of the input
+(``shard_index`` of ``num_shards``) serve SLURM job arrays; :func:`merge_shards` joins them in input order.
+
+Library code: plain arguments in, no Hydra config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.data.datasets import RegressionDataset
+from nemo_steerlm.data.formats import sft_line
+from nemo_steerlm.data.io import sha256_file, write_jsonl_atomic
+from nemo_steerlm.data.template import Conversation, Turn, render_regression
+from nemo_steerlm.errors import UserError
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AnnotationStats:
+    """Counts of one annotation run (the whole input or one shard).
+
+    Args:
+        conversations: conversations written.
+        turns: assistant turns labelled.
+        truncated: turns whose context was cut from the left to fit the model.
+        chunks_total: chunks of this run.
+        chunks_resumed: chunks found already committed (work skipped).
+    """
+
+    conversations: int
+    turns: int
+    truncated: int
+    chunks_total: int
+    chunks_resumed: int
+
+
+def assistant_turn_texts(conv: Conversation, schema: AttributeSchema) -> list[tuple[int, str]]:
+    """``(turn index, regression text)`` of every assistant turn, as :func:`render_regression` renders labelled ones.
+
+    The text is produced by ``render_regression`` itself on a copy whose assistant turns all carry a placeholder
+    label, so it is byte for byte what the attribute model was trained on.
+    """
+    placeholder = schema.format_label({schema.names[0]: schema.min_value})
+    indices = [i for i, t in enumerate(conv.turns) if not conv.is_user(t)]
+    turns = [replace(t, label=placeholder) if i in indices else t for i, t in enumerate(conv.turns)]
+    texts = [text for text, _ in render_regression(replace(conv, turns=turns), schema)]
+    return list(zip(indices, texts, strict=True))
+
+
+def apply_labels(conv: Conversation, labels: dict[int, str]) -> Conversation:
+    """A copy of ``conv`` whose turns at the given indices carry the given labels (the label key written)."""
+    turns = [
+        Turn(t.value, t.role, labels[i], has_label_key=True) if i in labels else replace(t)
+        for i, t in enumerate(conv.turns)
+    ]
+    return Conversation(turns, conv.system, conv.mask, conv.type, dict(conv.extra))
+
+
+def annotate_conversations(
+    model: Any, conversations: Sequence[Conversation], batch_size: int | None = None
+) -> tuple[list[str], int, int]:
+    """Labels a list of conversations with the attribute model (call on every rank).
+
+    Args:
+        model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel`.
+        conversations: the conversations.
+        batch_size: samples per prediction batch (per data-parallel rank); default the model's.
+
+    Returns:
+        ``(SFT JSONL lines, assistant turns, truncated turns)``, the same on every rank (the labels are sent from
+        the last pipeline stage to the others).
+    """
+    schema: AttributeSchema = model.schema
+    requests = [(c, t, text) for c, conv in enumerate(conversations) for t, text in assistant_turn_texts(conv, schema)]
+    records = [(text, [0.0] * len(schema)) for _, _, text in requests]
+    dataset = RegressionDataset(
+        records, model.tokenizer, int(model.gpt_config.seq_length), int(model.cfg.max_context_tokens)
+    )
+    labels: list[str] | None = []
+    if requests:
+        preds = model.predict_dataset(dataset, batch_size)
+        labels = None if preds is None else [schema.format_label(schema.from_predictions(p.tolist())) for p in preds]
+        labels = model.broadcast_from_last_stage(labels)
+    per_conv: list[dict[int, str]] = [{} for _ in conversations]
+    for (c, t, _), label in zip(requests, labels, strict=True):
+        per_conv[c][t] = label
+    lines = [sft_line(apply_labels(conv, per_conv[c])) for c, conv in enumerate(conversations)]
+    return lines, len(requests), dataset.num_truncated
+
+
+def shard_range(total: int, shard_index: int, num_shards: int) -> tuple[int, int]:
+    """The contiguous ``[start, end)`` of conversations of shard ``shard_index`` (shards differ by at most one)."""
+    if num_shards < 1:
+        raise UserError(f"num_shards={num_shards}: must be at least 1")
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"shard_index={shard_index}: must be in [0, {num_shards - 1}] (num_shards={num_shards})")
+    return total * shard_index // num_shards, total * (shard_index + 1) // num_shards
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _load_or_start_state(state_dir: Path, identity: dict[str, Any]) -> None:
+    """Creates the state folder with its identity, or checks that an existing one belongs to the same job."""
+    meta = state_dir / "state.json"
+    if meta.exists():
+        found = json.loads(meta.read_text(encoding="utf-8"))
+        if found != identity:
+            diff = sorted(k for k in identity if found.get(k) != identity[k])
+            raise UserError(
+                f"{state_dir} holds progress of a different annotation job (differs in {', '.join(diff)}); "
+                f"delete it to start over, or rerun with the same model, data and chunk_size"
+            )
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = meta.with_name(".state.json.tmp")
+    tmp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, meta)
+
+
+def chunk_path(state_dir: Path, start: int, end: int) -> Path:
+    """The committed file of conversations ``[start, end)``."""
+    return state_dir / f"chunk_{start:09d}_{end:09d}.jsonl"
+
+
+def run_chunks(
+    model: Any,
+    conversations: Sequence[Conversation],
+    state_dir: Path,
+    identity: dict[str, Any],
+    chunk_size: int,
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Path], AnnotationStats]:
+    """Annotates ``conversations`` chunk by chunk, skipping chunks already committed under ``state_dir``.
+
+    Call on every rank. Global rank 0 writes each chunk atomically (``chunk_<start>_<end>.jsonl``) before the next
+    starts; chunk bounds depend only on ``chunk_size``.
+
+    Returns:
+        The chunk files in order and the run's counts (turn counts cover the chunks computed in this run and
+        those resumed).
+    """
+    if chunk_size < 1:
+        raise UserError(f"chunk_size={chunk_size}: must be at least 1")
+    if _rank0():
+        _load_or_start_state(state_dir, identity)
+    _barrier()
+    paths, turns, truncated, resumed = [], 0, 0, 0
+    for start in range(0, len(conversations), chunk_size):
+        end = min(start + chunk_size, len(conversations))
+        path = chunk_path(state_dir, start, end)
+        paths.append(path)
+        if path.exists():
+            resumed += 1
+            stats_path = path.with_suffix(".json")
+            counts = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else {}
+            turns, truncated = turns + counts.get("turns", 0), truncated + counts.get("truncated", 0)
+        else:
+            lines, n_turns, n_trunc = annotate_conversations(model, conversations[start:end], batch_size)
+            turns, truncated = turns + n_turns, truncated + n_trunc
+            if _rank0():
+                _commit_chunk(path, lines, {"turns": n_turns, "truncated": n_trunc})
+            _barrier()
+        if progress is not None:
+            progress(end - start)
+    stats = AnnotationStats(len(conversations), turns, truncated, len(paths), resumed)
+    return paths, stats
+
+
+def _commit_chunk(path: Path, lines: list[str], counts: dict[str, int]) -> None:
+    """Counts first, then the chunk itself: a chunk file exists only when complete."""
+    stats = path.with_suffix(".json")
+    tmp = stats.with_name(f".{stats.name}.tmp")
+    tmp.write_text(json.dumps(counts) + "\n", encoding="utf-8")
+    os.replace(tmp, stats)
+    write_jsonl_atomic(path, lines)
+
+
+def concatenate(paths: Sequence[Path], target: Path) -> int:
+    """Writes the lines of ``paths`` in order into ``target`` atomically; returns the row count."""
+
+    def lines() -> Any:
+        for p in paths:
+            with open(p, encoding="utf-8", newline="\n") as fh:
+                for line in fh:
+                    yield line.rstrip("\n")
+
+    return write_jsonl_atomic(target, lines())
+
+
+def remove_state(state_dir: Path) -> None:
+    """Deletes a finished run's state folder."""
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def job_identity(model_path: Path, data_path: Path, chunk_size: int, shard: tuple[int, int]) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: model and data bytes, chunking and shard."""
+    return {
+        "version": STATE_VERSION,
+        "model_sha256": sha256_file(model_path),
+        "data_sha256": sha256_file(data_path),
+        "chunk_size": chunk_size,
+        "shard": list(shard),
+    }
+
+
+def shard_file(shards_dir: Path, shard_index: int) -> Path:
+    """The output of shard ``shard_index``: ``shards/shard_XXXXX.jsonl`` (and its manifest ``.json``)."""
+    return shards_dir / f"shard_{shard_index:05d}.jsonl"
+
+
+def merge_shards(shards_dir: Path, num_shards: int, total: int, data_sha256: str, target: Path) -> int:
+    """Joins ``num_shards`` shard files into ``target`` in input order after checking each one is complete.
+
+    Each shard's manifest must name the same input (``data_sha256``) and the rows ``[start, end)`` that
+    :func:`shard_range` gives it.
+
+    Raises:
+        UserError: a shard is missing, belongs to other data or holds the wrong rows.
+    """
+    paths = []
+    for k in range(num_shards):
+        path = shard_file(shards_dir, k)
+        manifest = path.with_suffix(".json")
+        if not path.exists() or not manifest.exists():
+            raise UserError(f"shard {k} of {num_shards} is missing ({path}); run it with shard_index={k}")
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+        start, end = shard_range(total, k, num_shards)
+        if info.get("data_sha256") != data_sha256 or info.get("num_shards") != num_shards:
+            raise UserError(f"{manifest} was made from other data or another num_shards; rerun shard {k}")
+        if (info.get("start"), info.get("end"), info.get("rows")) != (start, end, end - start):
+            raise UserError(f"{manifest}: holds rows {info.get('start')}..{info.get('end')}, expected {start}..{end}")
+        paths.append(path)
+    return concatenate(paths, target)

@@ -1,0 +1,342 @@
+r"""Steered text generation with a SteerLM SFT model: prompts, sampling, a KV cache, and TP/PP/DP execution.
+
+The prompt of a conversation is :func:`~nemo_steerlm.data.template.render_prompt` (the conversation so far, the
+assistant header and ``<extra_id_2>{label}\n``); generation stops when the decoded continuation contains the turn
+marker ``<extra_id_1>`` (several tokens with most tokenizers, one with the shipped tiny BPE), at the tokenizer's
+end-of-sequence token, or after ``max_new_tokens``. The marker and what follows it are cut from the response.
+
+KV cache: megatron-core's own :class:`~megatron.core.inference.contexts.StaticInferenceContext` passed as
+``inference_context`` to ``GPTModel.forward`` (its buffers are allocated on CPU by the CPU adapter). Prompts of
+different lengths share a batch the way Megatron's classic text generation does it: the batch is pre-filled up to
+the shortest prompt, then advanced one position per step for every sequence; a sequence still inside its prompt
+takes its next prompt token instead of the sampled one. Every token therefore sits at the same position as in an
+unbatched run, and no padding is ever attended to.
+
+Parallelism: every rank of one model-parallel group runs the same loop on the same prompts. Pipeline stages pass
+hidden states ``[s, b, h]`` point to point; the last stage gathers the tensor-parallel logits, samples (same seed on
+every rank) and broadcasts the chosen tokens to the whole pipeline. Data-parallel replicas take interleaved shares of
+the length-sorted prompts and gather the results, so every rank returns every response in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.inference.contexts import StaticInferenceContext
+
+from nemo_steerlm.attributes import ASSISTANT_ROLE, TURN_MARKER
+from nemo_steerlm.data.template import Conversation, render_prompt
+from nemo_steerlm.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens.
+
+    Args:
+        max_new_tokens: the most tokens generated per prompt.
+        greedy: always take the most likely token (``temperature``, ``top_k``, ``top_p`` are then ignored).
+        temperature: softmax temperature (> 0).
+        top_k: keep only the ``k`` most likely tokens (``0`` = all).
+        top_p: keep the smallest set of tokens whose probability reaches ``p`` (``1.0`` = all).
+        seed: seed of the sampling generator (the same on every rank).
+        batch_size: prompts per generation batch (per data-parallel replica).
+        use_cache: use the KV cache; ``False`` recomputes the whole sequence every step (for checks).
+        stop_text: generation of a prompt stops once its decoded continuation contains this text.
+    """
+
+    max_new_tokens: int = 128
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 1234
+    batch_size: int = 8
+    use_cache: bool = True
+    stop_text: str = TURN_MARKER
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens={self.max_new_tokens}: must be at least 1")
+        if not self.greedy and self.temperature <= 0:
+            raise UserError(f"temperature={self.temperature}: must be > 0 (or set greedy=true)")
+        if self.top_k < 0:
+            raise UserError(f"top_k={self.top_k}: must be >= 0 (0 = no top-k filter)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size={self.batch_size}: must be at least 1")
+
+
+@dataclass
+class Generation:
+    """One prompt's result.
+
+    Args:
+        prompt_ids: the prompt tokens fed to the model (after left truncation).
+        token_ids: the generated tokens, up to and including the stop token(s).
+        text: the response: the decoded tokens cut before the stop text.
+        stop_reason: ``"stop_text"``, ``"eos"`` or ``"max_new_tokens"``.
+        prompt_truncated: whether the prompt was cut from the left to fit the model.
+    """
+
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    stop_reason: str = "max_new_tokens"
+    prompt_truncated: bool = False
+
+
+def prompt_conversation(conv: Conversation) -> tuple[Conversation, str | None]:
+    """The conversation to answer and the reference answer dropped from it.
+
+    A conversation that ends with an assistant turn is continued from before that turn (the turn is returned as the
+    reference); one that ends with a user turn is answered as it is.
+    """
+    if conv.turns and conv.turns[-1].role == ASSISTANT_ROLE:
+        return Conversation(conv.turns[:-1], conv.system, conv.mask, conv.type, dict(conv.extra)), conv.turns[-1].value
+    return conv, None
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """Chooses one token per row of ``logits`` ``[b, V]`` (float32) by greedy or filtered sampling."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    scores = logits / params.temperature
+    if params.top_k > 0:
+        kth = torch.topk(scores, min(params.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ordered, index = torch.sort(scores, descending=True, dim=-1)
+        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(ordered, dim=-1) >= params.top_p  # keep the token that crosses p
+        ordered = ordered.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, index, ordered)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# --- one forward step through the pipeline --------------------------------------------------------------------------
+def _pipeline_forward(
+    module: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, context: StaticInferenceContext | None
+) -> torch.Tensor | None:
+    """Runs ``tokens`` [b, s] through this rank's stage; the last stage returns the last position's logits [b, V]."""
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    first = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    config = module.config
+    if pp > 1 and not first:
+        hidden = torch.empty(tokens.shape[1], tokens.shape[0], config.hidden_size, dtype=config.pipeline_dtype)
+        dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
+        module.set_input_tensor(hidden)
+    out = module(tokens, positions, None, inference_context=context, runtime_gather_output=True)
+    if not last:
+        dist.send(out.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
+        return None
+    return out[:, -1, :].float()
+
+
+def _broadcast_tokens(chosen: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """Sends the last stage's chosen tokens to every stage (and tensor-parallel rank 0's to its peers)."""
+    out = chosen if chosen is not None else torch.zeros(batch, dtype=torch.long)
+    out = out.to(torch.long).contiguous()
+    if (
+        parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+        and parallel_state.get_tensor_model_parallel_world_size() > 1
+    ):
+        dist.broadcast(
+            out,
+            src=parallel_state.get_tensor_model_parallel_src_rank(),
+            group=parallel_state.get_tensor_model_parallel_group(),
+        )
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(
+            out,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+    return out
+
+
+class _BatchState:
+    """Per-sequence bookkeeping of one batch: tokens so far, stop checks."""
+
+    def __init__(self, prompts: Sequence[list[int]], params: SamplingParams, tokenizer: Any, pad_id: int) -> None:
+        self.lengths = [len(p) for p in prompts]
+        self.total = max(self.lengths) + params.max_new_tokens
+        self.tokens = torch.full((len(prompts), self.total), pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            self.tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        self.results = [Generation(list(p)) for p in prompts]
+        self.done = [False] * len(prompts)
+        self.params, self.tokenizer = params, tokenizer
+        self.eos = tokenizer.eos_token_id
+
+    def advance(self, position: int, chosen: torch.Tensor) -> None:
+        """Places the token of ``position`` for every sequence (prompt token or the chosen one) and checks stops."""
+        for i, result in enumerate(self.results):
+            if position < self.lengths[i] or self.done[i]:
+                continue
+            token = int(chosen[i])
+            self.tokens[i, position] = token
+            result.token_ids.append(token)
+            text = self.tokenizer.decode(result.token_ids, skip_special_tokens=False)
+            cut = text.find(self.params.stop_text) if self.params.stop_text else -1
+            if cut >= 0:
+                result.text, result.stop_reason, self.done[i] = text[:cut], "stop_text", True
+            elif self.eos is not None and token == self.eos:
+                ids = result.token_ids[:-1]
+                result.text, result.stop_reason = self.tokenizer.decode(ids, skip_special_tokens=False), "eos"
+                self.done[i] = True
+            elif len(result.token_ids) >= self.params.max_new_tokens:
+                result.text, self.done[i] = text, True
+
+
+def generate_batch(
+    module: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    params: SamplingParams,
+    tokenizer: Any,
+    vocab_size: int,
+    generator: torch.Generator,
+) -> list[Generation]:
+    """Generates continuations of a batch of token-id prompts (call on every rank of the model-parallel group).
+
+    Args:
+        module: this rank's megatron GPT stage (a ``GPTModel`` with the language-model head).
+        prompts: the prompts' token ids (any lengths, each non-empty).
+        params: sampling settings.
+        tokenizer: decodes continuations for the stop check.
+        vocab_size: the tokenizer's vocabulary size (logits of padded vocabulary rows are never chosen).
+        generator: the sampling generator (same seed on every rank).
+
+    Returns:
+        One :class:`Generation` per prompt, the same on every rank.
+    """
+    state = _BatchState(prompts, params, tokenizer, int(tokenizer.pad_token_id))
+    batch = len(prompts)
+    context = StaticInferenceContext(batch, state.total) if params.use_cache else None
+    module.eval()
+    start, position = 0, min(state.lengths)
+    with torch.no_grad():
+        while position < state.total and not all(state.done):
+            begin = start if params.use_cache else 0
+            tokens = state.tokens[:, begin:position]
+            positions = torch.arange(begin, position, dtype=torch.long).unsqueeze(0).expand(batch, -1)
+            logits = _pipeline_forward(module, tokens, positions, context)
+            chosen = None
+            if logits is not None:
+                logits[:, vocab_size:] = float("-inf")
+                chosen = sample_next(logits, params, generator)
+            state.advance(position, _broadcast_tokens(chosen, batch))
+            if context is not None:
+                context.sequence_len_offset += position - start
+                context.enable_decode_mode()
+            start, position = position, position + 1
+    return state.results
+
+
+def _data_parallel_share(order: list[int]) -> list[int]:
+    rank, size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    return order[rank::size]
+
+
+def _gather(items: list[tuple[int, Generation]]) -> list[tuple[int, Generation]]:
+    if parallel_state.get_data_parallel_world_size() == 1:
+        return items
+    out: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
+    dist.all_gather_object(out, items, group=parallel_state.get_data_parallel_group())
+    return [x for part in out for x in part]
+
+
+def generate_ids(
+    model: Any, prompts: Sequence[list[int]], params: SamplingParams, max_prompt_tokens: int | None = None
+) -> list[Generation]:
+    """Generates for token-id prompts, split over data-parallel replicas and gathered back in input order.
+
+    Args:
+        model: a :class:`~nemo_steerlm.models.sft.SteerLMSFTModel` (built or restored on every rank).
+        prompts: token ids of each prompt.
+        params: sampling settings.
+        max_prompt_tokens: prompts longer than this are cut from the left; default: the model's ``seq_length``
+            minus ``max_new_tokens`` (at least 1).
+
+    Returns:
+        One :class:`Generation` per prompt, in input order, on every rank.
+    """
+    if getattr(model.transformer_config, "sequence_parallel", False):
+        raise UserError("generation does not run with sequence parallelism: restore with model.sequence_parallel=false")
+    limit = max_prompt_tokens or max(int(model.gpt_config.seq_length) - params.max_new_tokens, 1)
+    cut = [list(p[-limit:]) for p in prompts]
+    order = sorted(range(len(cut)), key=lambda i: (len(cut[i]), i))
+    mine = _data_parallel_share(order)
+    generator = torch.Generator().manual_seed(params.seed)
+    results: list[tuple[int, Generation]] = []
+    for begin in range(0, len(mine), params.batch_size):
+        idx = mine[begin : begin + params.batch_size]
+        batch = generate_batch(
+            model.model, [cut[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator
+        )
+        for i, gen in zip(idx, batch, strict=True):
+            gen.prompt_truncated = len(prompts[i]) > limit
+            results.append((i, gen))
+    ordered: list[Generation | None] = [None] * len(prompts)
+    for i, gen in _gather(results):
+        ordered[i] = gen
+    return [g for g in ordered if g is not None]
+
+
+def resolve_labels(
+    model: Any, conversations: Sequence[Conversation], labels: str | Sequence[str | None] | None
+) -> list[str | None]:
+    """One label per conversation: a single label for all, one each, or the schema's default steering label."""
+    if labels is None or isinstance(labels, str):
+        label = model.schema.steer_label() if labels is None else labels
+        return [label] * len(conversations)
+    labels = list(labels)
+    if len(labels) != len(conversations):
+        raise UserError(f"got {len(labels)} labels for {len(conversations)} conversations; pass one per conversation")
+    return labels
+
+
+def generate_full(
+    model: Any,
+    conversations: Sequence[Conversation],
+    labels: str | Sequence[str | None] | None = None,
+    params: SamplingParams | None = None,
+) -> list[Generation]:
+    """Like :func:`generate` but returns the full :class:`Generation` records (ids, stop reason, truncation)."""
+    params = params or SamplingParams()
+    per_prompt = resolve_labels(model, conversations, labels)
+    texts = [render_prompt(conv, label) for conv, label in zip(conversations, per_prompt, strict=True)]
+    prompts = [list(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    return generate_ids(model, prompts, params)
+
+
+def generate(
+    model: Any,
+    conversations: Sequence[Conversation],
+    labels: str | Sequence[str | None] | None = None,
+    params: SamplingParams | None = None,
+) -> list[str]:
+    """Steered responses to conversations (the next assistant turn of each), in input order, on every rank.
+
+    Call on every rank of the job with the same arguments.
+
+    Args:
+        model: a :class:`~nemo_steerlm.models.sft.SteerLMSFTModel`.
+        conversations: conversations ending with a user turn (multi-turn allowed); use :func:`prompt_conversation`
+            to strip a trailing assistant turn.
+        labels: the steering label ``"name:value,..."`` for every prompt, a list with one label (or ``None`` = no
+            label block) per conversation, or ``None`` for the schema's default steering label.
+        params: sampling settings (default: sampling at temperature 1, 128 new tokens).
+
+    Returns:
+        The responses, without the stop marker.
+    """
+    return [g.text for g in generate_full(model, conversations, labels, params)]

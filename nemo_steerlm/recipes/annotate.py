@@ -1,0 +1,150 @@
+"""Stage ``annotate``: label SFT conversations with an attribute prediction model (resumable, shardable).
+
+Run ``nemo-steerlm annotate model=APM.nemo data=SFT.jsonl output_dir=D [overrides]`` or
+``python -m nemo_steerlm.recipes.annotate ...``. Writes ``D/<data stem>.annotated.jsonl``; progress lives in
+``D/.annotate_state/`` until the run finishes. With ``num_shards=N shard_index=K`` it writes
+``D/shards/shard_0000K.jsonl`` (+ ``.json`` manifest); ``merge_shards=true num_shards=N`` joins them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.data.formats import read_sft_jsonl
+from nemo_steerlm.data.io import sha256_file, write_json_atomic
+from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
+from nemo_steerlm.recipes.training import relaunch_under_torchrun
+
+STATE_DIR = ".annotate_state"
+
+
+def accept_model_override(argv: Sequence[str]) -> list[str]:
+    """Maps ``model=PATH`` to ``model_path=PATH``: ``model`` names a Hydra config group, so it cannot be a value."""
+    return [f"model_path={a.split('=', 1)[1]}" if a.startswith("model=") else a for a in argv]
+
+
+def output_name(data: Path) -> str:
+    """``train.jsonl`` -> ``train.annotated.jsonl``."""
+    stem = data.name.removesuffix(".gz").removesuffix(".jsonl")
+    return f"{stem}.annotated.jsonl"
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """Model-config overrides for the requested layout; the global batch is one micro-batch per replica."""
+    tp, pp = int(cfg.layout.tensor_model_parallel_size), int(cfg.layout.pipeline_model_parallel_size)
+    mbs = int(cfg.layout.micro_batch_size)
+    dp = max(_world() // (tp * pp), 1)
+    return {
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "sequence_parallel": False,
+        "micro_batch_size": mbs,
+        "global_batch_size": mbs * dp,
+    }
+
+
+def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
+    """``merge_shards=true``: joins the shard files (no model needed)."""
+    from nemo_steerlm.data.io import read_jsonl
+    from nemo_steerlm.models.annotation import merge_shards
+
+    total = sum(1 for _ in read_jsonl(data))
+    target = output_dir / output_name(data)
+    rows = merge_shards(output_dir / "shards", int(cfg.num_shards), total, sha256_file(data), target)
+    return {"output": str(target), "rows": rows, "merged_shards": int(cfg.num_shards)}
+
+
+def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Annotates the data (or this shard of it) and writes the output file atomically."""
+    from nemo_steerlm.models import annotation
+    from nemo_steerlm.models.checkpoint import check_kind
+
+    data = require_path(cfg, "data", "an SFT JSONL file to label")
+    if bool(cfg.merge_shards):
+        return merge(cfg, output_dir, data)
+    model_path = require_path(cfg, "model_path", "an attribute model .nemo made by train-apm (model=PATH)")
+    meta = check_kind(model_path, "apm")
+    schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
+    conversations = read_sft_jsonl(data, schema)  # bad data fails here, before the model loads or anything is written
+    num_shards, shard_index = int(cfg.num_shards), int(cfg.shard_index)
+    start, end = annotation.shard_range(len(conversations), shard_index, num_shards)
+    sharded = num_shards > 1
+    state_dir = output_dir / "shards" / f".state_{shard_index:05d}" if sharded else output_dir / STATE_DIR
+    target = annotation.shard_file(output_dir / "shards", shard_index) if sharded else output_dir / output_name(data)
+    identity = annotation.job_identity(model_path, data, int(cfg.chunk_size), (shard_index, num_shards))
+    model = _restore(model_path, cfg)
+    mine = conversations[start:end]
+    bar = tqdm(total=len(mine), unit="row", desc="annotate", disable=not (bool(cfg.progress) and _is_rank0()))
+    paths, stats = annotation.run_chunks(
+        model,
+        mine,
+        state_dir,
+        identity,
+        int(cfg.chunk_size),
+        None if cfg.batch_size is None else int(cfg.batch_size),
+        progress=bar.update,
+    )
+    bar.close()
+    rows = _finish(paths, target, state_dir, identity, (start, end, num_shards)) if _is_rank0() else len(mine)
+    return {
+        "output": str(target),
+        "rows": rows,
+        "assistant_turns": stats.turns,
+        "truncated_turns": stats.truncated,
+        "chunks": stats.chunks_total,
+        "chunks_resumed": stats.chunks_resumed,
+        "shard": {"index": shard_index, "num_shards": num_shards, "start": start, "end": end},
+        "layout": model.model_summary()["layout"],
+    }
+
+
+def _restore(model_path: Path, cfg: DictConfig) -> Any:
+    from nemo_steerlm.models.checkpoint import restore_nemo
+
+    return restore_nemo(model_path, "apm", layout_overrides(cfg))
+
+
+def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, shard: tuple[int, int, int]) -> int:
+    """Rank 0: concatenates the chunks into the target, writes a shard's manifest, removes the state."""
+    from nemo_steerlm.models.annotation import concatenate, remove_state
+
+    rows = concatenate(paths, target)
+    if shard[2] > 1:
+        manifest = {"data_sha256": identity["data_sha256"], "model_sha256": identity["model_sha256"]}
+        manifest.update({"start": shard[0], "end": shard[1], "num_shards": shard[2], "rows": rows})
+        write_json_atomic(target.with_suffix(".json"), manifest)
+    remove_state(state_dir)
+    return rows
+
+
+@stage_app("annotate")
+def _app(cfg: DictConfig) -> None:
+    if not bool(cfg.merge_shards):
+        relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
+    run_stage("annotate", cfg, body)
+
+
+def main() -> None:
+    """Hydra entry point (``model=PATH`` accepted)."""
+    sys.argv = accept_model_override(sys.argv)
+    _app()
+
+
+if __name__ == "__main__":
+    main()
