@@ -12,11 +12,18 @@ from omegaconf import DictConfig
 
 from nemo_steerlm.models.sft import SteerLMSFTModel
 from nemo_steerlm.recipes.common import run_stage, stage_app
-from nemo_steerlm.recipes.training import build_trainer, relaunch_under_torchrun, resolve_training_files, set_model_data
+from nemo_steerlm.recipes.training import (
+    build_trainer,
+    check_layout,
+    relaunch_under_torchrun,
+    resolve_training_files,
+    set_model_data,
+)
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Trains, saves the ``.nemo`` and returns where it is with the final losses."""
+    check_layout(cfg)
     train, val = resolve_training_files(cfg, output_dir, "sft")
     set_model_data(cfg, train, val)
     trainer = build_trainer(cfg, output_dir)

@@ -35,6 +35,21 @@ def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
     os.execv(sys.executable, args)
 
 
+def check_layout(cfg: DictConfig) -> int:
+    """Validates the parallel layout against ``trainer.devices × trainer.num_nodes`` before any work; returns DP."""
+    from nemo_steerlm.megatron.config import validate_layout
+    from nemo_steerlm.models.base import gpt_config_from, parallel_config_from
+
+    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    return validate_layout(
+        gpt_config_from(cfg.model, vocab_size=1),
+        parallel_config_from(cfg.model),
+        world,
+        int(cfg.model.micro_batch_size),
+        int(cfg.model.global_batch_size),
+    )
+
+
 def build_trainer(cfg: DictConfig, output_dir: Path) -> Trainer:
     """A Lightning trainer with the megatron strategy, set up by NeMo's exp_manager (checkpoints, TensorBoard)."""
     from nemo.utils.exp_manager import exp_manager

@@ -46,7 +46,10 @@ def reference_lines(rows: list[dict]) -> tuple[list[str], list[str]]:
             "type": "VALUE_TO_TEXT",
         }
         sft.append(json.dumps(obj, ensure_ascii=False))
-        text = f"<extra_id_0>System\n{SYSTEM}\n<extra_id_1>User\n{r['prompt']}\n<extra_id_1>Assistant\n{r['response']}\n<extra_id_2>"
+        text = (
+            f"<extra_id_0>System\n{SYSTEM}\n<extra_id_1>User\n{r['prompt']}\n"
+            f"<extra_id_1>Assistant\n{r['response']}\n<extra_id_2>"
+        )
         given = dict(p.split(":") for p in label.split(","))
         reg.append(json.dumps({"text": text, "label": [float(given.get(a, -100)) for a in ALL]}, ensure_ascii=False))
     return sft, reg

@@ -1,0 +1,171 @@
+"""Stage ``generate``: steered generation with a SteerLM SFT model.
+
+Run ``nemo-steerlm generate model=SFT.nemo data=PROMPTS.jsonl output_dir=D [steer.verbosity=0 ...]`` or
+``python -m nemo_steerlm.recipes.generate ...``. Writes ``D/generations.jsonl`` atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
+from nemo_steerlm.data.io import DataError, dump_json_line, read_jsonl, write_jsonl_atomic
+from nemo_steerlm.data.template import Conversation, Turn
+from nemo_steerlm.errors import UserError
+from nemo_steerlm.recipes.annotate import accept_model_override
+from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
+from nemo_steerlm.recipes.training import relaunch_under_torchrun
+
+OUTPUT_NAME = "generations.jsonl"
+
+
+def accept_steer_overrides(argv: Sequence[str]) -> list[str]:
+    """``steer.NAME=V`` -> ``+steer.NAME=V`` (the names depend on the model's schema; they are checked later)."""
+    return [f"+{a}" if a.startswith("steer.") else a for a in accept_model_override(argv)]
+
+
+def steering_label(cfg: DictConfig, schema: AttributeSchema) -> str:
+    """The label of every prompt: ``label`` if given, else the default steering label with ``steer`` overrides."""
+    if cfg.label is not None:
+        try:
+            schema.parse_label(str(cfg.label))
+        except LabelError as err:
+            raise UserError(f"label={cfg.label}: {err}") from None
+        return str(cfg.label)
+    overrides = OmegaConf.to_container(cfg.steer, resolve=True) or {}
+    for name, value in overrides.items():
+        try:
+            schema.check_value(name, value)
+        except LabelError as err:
+            raise UserError(f"steer.{name}={value}: {err}") from None
+    return schema.steer_label(overrides)
+
+
+def read_prompts(path: Path, schema: AttributeSchema) -> list[tuple[str, Conversation, str | None]]:
+    """``(id, conversation to answer, reference answer)`` per line of a prompt file (see ``conf/generate.yaml``)."""
+    from nemo_steerlm.data.formats import parse_sft_object
+    from nemo_steerlm.models.generation import prompt_conversation
+
+    out = []
+    for line, obj in read_jsonl(path):
+        if "conversations" in obj:
+            conv, reference = prompt_conversation(parse_sft_object(obj, schema, str(path), line))
+            out.append((str(line - 1), conv, reference))
+            continue
+        if "turns" in obj:
+            turns = obj["turns"]
+            if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or not turns[0].strip():
+                raise DataError(path, "expected a non-empty list of strings (MT-Bench question)", line, "turns")
+            out.append((str(obj.get("question_id", line - 1)), Conversation([Turn(turns[0], USER_ROLE)]), None))
+            continue
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(path, "missing, not a string or empty (or give 'conversations' / 'turns')", line, "prompt")
+        conv = Conversation([Turn(prompt, USER_ROLE)])
+        if "system" in obj:
+            if not isinstance(obj["system"], str):
+                raise DataError(path, "not a string", line, "system")
+            conv.system = obj["system"]
+        out.append((str(obj.get("id", line - 1)), conv, None))
+    return out
+
+
+def sampling_params(cfg: DictConfig) -> Any:
+    """The library's SamplingParams from the ``sampling`` section."""
+    from nemo_steerlm.models.generation import SamplingParams
+
+    s = cfg.sampling
+    return SamplingParams(
+        max_new_tokens=int(s.max_new_tokens),
+        greedy=bool(s.greedy),
+        temperature=float(s.temperature),
+        top_k=int(s.top_k),
+        top_p=float(s.top_p),
+        seed=int(s.seed),
+        batch_size=int(s.batch_size),
+        use_cache=bool(s.use_cache),
+    )
+
+
+def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Generates a response per prompt and writes ``generations.jsonl``."""
+    from nemo_steerlm.models.checkpoint import check_kind, restore_nemo
+    from nemo_steerlm.models.generation import generate_full
+
+    model_path = require_path(cfg, "model_path", "a SteerLM SFT model .nemo made by train-sft (model=PATH)")
+    meta = check_kind(model_path, "sft")
+    schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
+    label = steering_label(cfg, schema)
+    prompts = read_prompts(require_path(cfg, "data", "a prompt JSONL file"), schema)
+    if cfg.limit is not None:
+        prompts = prompts[: int(cfg.limit)]
+    params = sampling_params(cfg)
+    overrides = {
+        "tensor_model_parallel_size": int(cfg.layout.tensor_model_parallel_size),
+        "pipeline_model_parallel_size": int(cfg.layout.pipeline_model_parallel_size),
+        "sequence_parallel": False,
+        "micro_batch_size": 1,
+        "global_batch_size": _data_parallel_size(cfg),
+    }
+    model = restore_nemo(model_path, "sft", overrides)
+    results = generate_full(model, [c for _, c, _ in prompts], label, params)
+    lines = [_record(i, p, label, r) for i, (p, r) in enumerate(zip(prompts, results, strict=True))]
+    target = output_dir / OUTPUT_NAME
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_jsonl_atomic(target, lines)
+    words = [len(r.text.split()) for r in results]
+    return {
+        "output": str(target),
+        "prompts": len(results),
+        "label": label,
+        "stop_reasons": {k: sum(r.stop_reason == k for r in results) for k in ("stop_text", "eos", "max_new_tokens")},
+        "prompts_truncated": sum(r.prompt_truncated for r in results),
+        "mean_response_words": sum(words) / len(words) if words else 0.0,
+        "layout": model.model_summary()["layout"],
+    }
+
+
+def _data_parallel_size(cfg: DictConfig) -> int:
+    mp = int(cfg.layout.tensor_model_parallel_size) * int(cfg.layout.pipeline_model_parallel_size)
+    return max(int(os.environ.get("WORLD_SIZE", "1")) // mp, 1)
+
+
+def _record(index: int, prompt: tuple[str, Conversation, str | None], label: str, result: Any) -> str:
+    ident, conv, reference = prompt
+    obj: dict[str, Any] = {
+        "index": index,
+        "id": ident,
+        "prompt": conv.turns[-1].value,
+        "turns": len(conv.turns),
+        "label": label,
+        "response": result.text,
+        "stop_reason": result.stop_reason,
+        "prompt_tokens": len(result.prompt_ids),
+        "prompt_truncated": result.prompt_truncated,
+        "response_token_ids": result.token_ids,
+    }
+    if reference is not None:
+        obj["reference"] = reference
+    return dump_json_line(obj)
+
+
+@stage_app("generate")
+def _app(cfg: DictConfig) -> None:
+    relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.generate")
+    run_stage("generate", cfg, body)
+
+
+def main() -> None:
+    """Hydra entry point (``model=PATH`` and ``steer.NAME=V`` accepted)."""
+    sys.argv = accept_steer_overrides(sys.argv)
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Helpers shared by test tiers (scripts run in subprocesses, CLI wrappers)."""
