@@ -23,6 +23,7 @@ Nothing here reads Hydra config. Errors a user can fix raise :class:`HFInteropEr
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -306,10 +307,17 @@ def regression_bias(full: Mapping[str, Any]) -> list[float]:
 
 
 def shape_mismatches(ours: GPTConfig, theirs: GPTConfig) -> list[str]:
-    """Names of the shape fields that differ between two configs (``seq_length``, init and padding excluded)."""
+    """Names of the shape fields that differ between two configs (``seq_length``, init and padding excluded).
+
+    Floats (norm epsilon) are compared to a relative 1e-6.
+    """
     ignore = {"seq_length", "init_method_std", "make_vocab_size_divisible_by"}
-    return [
-        f.name
-        for f in dataclasses.fields(GPTConfig)
-        if f.name not in ignore and getattr(ours, f.name) != getattr(theirs, f.name)
-    ]
+    out = []
+    for f in dataclasses.fields(GPTConfig):
+        a, b = getattr(ours, f.name), getattr(theirs, f.name)
+        if f.name in ignore or a == b:
+            continue
+        if isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6):
+            continue  # e.g. rms_norm_eps 1e-5 stored as float32 in a GGUF file
+        out.append(f.name)
+    return out
