@@ -8,10 +8,13 @@ the per-token losses.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from nemo_steerlm import resources
 from nemo_steerlm.attributes import ASSISTANT_ROLE, TURN_MARKER, AttributeSchema
 from nemo_steerlm.data.datasets import SFTDataset, collate_sft, pack_samples
 from nemo_steerlm.data.formats import read_sft_jsonl
@@ -20,7 +23,7 @@ from nemo_steerlm.data.tokenization import load_tokenizer
 from nemo_steerlm.recipes.common import CONF_DIR
 from nemo_steerlm.resources import helpsteer_sample_path
 
-TOKENIZER = "nemo_steerlm/resources/tokenizers/steerlm_bpe_4k"
+TOKENIZER = Path(resources.__file__).resolve().parent / "tokenizers" / "steerlm_bpe_4k"
 
 
 @pytest.fixture(scope="module")
