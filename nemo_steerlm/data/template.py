@@ -187,3 +187,11 @@ def regression_response(text: str) -> str:
     start = text.rfind(header)
     body = text[start + len(header) :] if start >= 0 else text
     return body[: -len(f"\n{LABEL_MARKER}")] if body.endswith(f"\n{LABEL_MARKER}") else body
+
+
+def regression_text(conv: Conversation, response: str) -> str:
+    """The attribute model's input for ``response`` as the next assistant turn of ``conv`` (ends at the read-out)."""
+    text = system_header(conv.system)
+    for turn in conv.turns:
+        text += f"{turn_header(turn.role)}{turn.value}\n"
+    return f"{text}{turn_header(ASSISTANT_ROLE)}{response}\n{LABEL_MARKER}"

@@ -14,7 +14,7 @@ import torch
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_steerlm.data.datasets import MegatronBatchSampler, PackedSFTDataset, SFTDataset, collate_sft
+from nemo_steerlm.data.datasets import MegatronBatchSampler, PackedSFTDataset, SFTDataset, SFTSample, collate_sft
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
@@ -114,3 +114,26 @@ class SteerLMSFTModel(MegatronGPTBase):
         nll, tokens = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
         value = self.broadcast_from_last_stage(nll / tokens if tokens else 0.0)
         self.log("val_loss", float(value), prog_bar=True, rank_zero_only=True, batch_size=1)
+
+    # --- scoring for evaluation ------------------------------------------------------------------------------------
+    def score_samples(self, samples: list[SFTSample], batch_size: int = 16) -> list[tuple[float, float]]:
+        """``(summed NLL, trained tokens)`` of each sample, in order, on every rank (length-sorted batches)."""
+        pad = int(self.tokenizer.pad_token_id)
+        order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
+        out: list[tuple[float, float] | None] = [None] * len(samples)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            got = self.broadcast_from_last_stage(self.sequence_nll(collate_sft([samples[i] for i in idx], pad)))
+            for i, pair in zip(idx, got, strict=True):
+                out[i] = (float(pair[0]), float(pair[1]))
+        return [p for p in out if p is not None]
+
+    def score_continuations(self, contexts: list[str], continuations: list[str]) -> list[float]:
+        """Sum of token log-probabilities of each continuation given its context (text tokenised whole)."""
+        samples = []
+        for context, continuation in zip(contexts, continuations, strict=True):
+            enc = self.tokenizer(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
+            ids = list(enc["input_ids"])[-(int(self._cfg.seq_length) + 1) :]
+            offsets = list(enc["offset_mapping"])[-len(ids) :]
+            samples.append(SFTSample(ids, [start >= len(context) for start, _ in offsets]))
+        return [-nll for nll, _ in self.score_samples(samples)]

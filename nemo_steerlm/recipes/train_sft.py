@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nemo_steerlm.models.sft import SteerLMSFTModel
-from nemo_steerlm.recipes.common import run_stage, stage_app
+from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
 from nemo_steerlm.recipes.training import (
     build_trainer,
     check_layout,
@@ -25,6 +25,8 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Trains, saves the ``.nemo`` and returns where it is with the final losses."""
     check_layout(cfg)
     train, val = resolve_training_files(cfg, output_dir, "sft")
+    if cfg.val_data is not None:
+        val = require_path(cfg, "val_data", "a held-out SFT JSONL")
     set_model_data(cfg, train, val)
     trainer = build_trainer(cfg, output_dir)
     model = SteerLMSFTModel(cfg.model, trainer)

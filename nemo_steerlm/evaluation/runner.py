@@ -1,0 +1,127 @@
+"""The model-facing side of ``evaluate``: runs the SteerLM SFT model (and the APM) for each evaluation.
+
+Each function takes models and plain settings, calls the model-agnostic metric modules of this package, and
+returns the section of the results dict that :mod:`nemo_steerlm.evaluation.report` renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nemo_steerlm.attributes import ASSISTANT_ROLE, USER_ROLE, AttributeSchema
+from nemo_steerlm.data.datasets import RegressionDataset, SFTSample
+from nemo_steerlm.data.template import Conversation, Turn, regression_text, render_prompt
+from nemo_steerlm.evaluation import mt_bench, steerability, truthfulqa
+from nemo_steerlm.evaluation.perplexity import perplexity
+from nemo_steerlm.models.generation import SamplingParams, generate_full, prompt_conversation
+
+
+def distinct_prompts(conversations: Sequence[Conversation]) -> list[Conversation]:
+    """The conversations to answer (trailing assistant turn removed), each distinct prompt once, in input order."""
+    seen: set[tuple[str, ...]] = set()
+    out: list[Conversation] = []
+    for conv in conversations:
+        prompt, _ = prompt_conversation(conv)
+        key = tuple(t.value for t in prompt.turns)
+        if key not in seen:
+            seen.add(key)
+            out.append(prompt)
+    return out
+
+
+def apm_scores(apm: Any, conversations: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
+    """The APM's raw predictions ``[N, A]`` for each response as the next assistant turn of its conversation."""
+    records = [(regression_text(c, r), [0.0] * len(apm.schema)) for c, r in zip(conversations, responses, strict=True)]
+    dataset = RegressionDataset(records, apm.tokenizer, int(apm.cfg.seq_length), int(apm.cfg.max_context_tokens))
+    return apm.broadcast_from_last_stage(apm.predict_dataset(dataset))
+
+
+def run_steerability(
+    sft: Any,
+    apm: Any | None,
+    prompts: Sequence[Conversation],
+    attributes: Sequence[str],
+    values: Sequence[int],
+    params: SamplingParams,
+    out_dir: Path,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Sweeps each attribute over ``values`` (others at the default label) and measures what changed.
+
+    Returns the steerability results and one record per generated response (for ``steer_responses.jsonl``).
+    """
+    schema: AttributeSchema = sft.schema
+    sweeps: dict[str, list[steerability.SteerSample]] = {}
+    records: list[dict[str, Any]] = []
+    for attribute in attributes:
+        labels = steerability.sweep_labels(schema, attribute, list(values))
+        convs = [c for _ in labels for c in prompts]
+        per_prompt = [label for label in labels for _ in prompts]
+        gens = generate_full(sft, convs, per_prompt, params)
+        texts = [g.text for g in gens]
+        preds = apm_scores(apm, convs, texts)[:, apm.schema.index(attribute)] if apm is not None else None
+        requested = [v for v in values for _ in prompts]
+        sweeps[attribute] = [
+            steerability.SteerSample(float(req), g.text, None if preds is None else float(preds[i]), len(g.token_ids))
+            for i, (req, g) in enumerate(zip(requested, gens, strict=True))
+        ]
+        records += [
+            {
+                "attribute": attribute,
+                "requested": req,
+                "label": lab,
+                "prompt_index": i % len(prompts),
+                "response": g.text,
+                "tokens": len(g.token_ids),
+                "stop_reason": g.stop_reason,
+                "apm_prediction": None if preds is None else round(float(preds[i]), 6),
+            }
+            for i, (req, lab, g) in enumerate(zip(requested, per_prompt, gens, strict=True))
+        ]
+    results = steerability.compute_steerability(sweeps)
+    steerability.plot_steerability(results, out_dir / "steerability.png")
+    return results, records
+
+
+def mt_bench_generate_fn(sft: Any, label: str, params: SamplingParams) -> mt_bench.GenerateFn:
+    """Adapts the SFT model to MT-Bench's ``generate_fn(conversations) -> responses`` (every turn steered)."""
+
+    def generate_fn(conversations: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+        convs = [
+            Conversation([Turn(text, role, label if role == ASSISTANT_ROLE else None) for role, text in conv])
+            for conv in conversations
+        ]
+        return [g.text for g in generate_full(sft, convs, label, params)]
+
+    return generate_fn
+
+
+def run_mt_bench(sft: Any, label: str, params: SamplingParams, answer_file: Path, model_id: str) -> dict[str, Any]:
+    """Answers all MT-Bench questions (both turns) in FastChat's ``model_answer`` format."""
+    questions = mt_bench.load_questions()
+    mt_bench.answer_questions(questions, mt_bench_generate_fn(sft, label, params), model_id, answer_file)
+    return {"answer_file": str(answer_file), "n_questions": len(questions), "judge": None}
+
+
+def run_truthfulqa(sft: Any, label: str, max_questions: int | None) -> dict[str, Any]:
+    """TruthfulQA MC1/MC2 by log-likelihood of each answer after the SteerLM inference prompt."""
+    items = truthfulqa.load_truthfulqa()
+    items = items[:max_questions] if max_questions else items
+
+    def prompt_fn(question: str) -> str:
+        return render_prompt(Conversation([Turn(question, USER_ROLE, None)]), label)
+
+    return truthfulqa.evaluate_truthfulqa(items, sft.score_continuations, prompt_fn, batch_size=256)
+
+
+def run_perplexity(sft: Any, sft_jsonl: Path) -> dict[str, Any]:
+    """Perplexity of the held-out responses (the SFT loss positions) of an SFT JSONL file."""
+    dataset = sft.sft_dataset(str(sft_jsonl))
+    samples: list[SFTSample] = dataset.samples
+    scored = sft.score_samples(samples)
+    result = perplexity([s[0] for s in scored], [int(s[1]) for s in scored])
+    result["file"], result["truncated"] = str(sft_jsonl), dataset.num_truncated
+    return result

@@ -1,0 +1,137 @@
+"""Stage ``evaluate``: APM metrics, steerability, MT-Bench answers, TruthfulQA and perplexity into ``report.md``.
+
+Run ``nemo-steerlm evaluate model=SFT.nemo apm=APM.nemo data=PREPARED [overrides]``. Every number in the report
+comes from ``results.json`` and the files next to it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nemo_steerlm.errors import MissingInputError
+from nemo_steerlm.recipes.common import run_stage, stage_app
+
+
+def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
+    """``(sft, apm, data)`` paths; an APM given as ``model=`` counts as ``apm=``."""
+    from nemo_steerlm.models.checkpoint import read_nemo_meta
+
+    sft = Path(str(cfg.model)) if cfg.model is not None else None
+    apm = Path(str(cfg.apm)) if cfg.apm is not None else None
+    if sft is not None and read_nemo_meta(sft).get("kind") == "apm":
+        sft, apm = None, apm or sft
+    if apm is not None:
+        read_nemo_meta(apm)
+    data = Path(str(cfg.data)) if cfg.data is not None else None
+    if sft is None and apm is None:
+        raise MissingInputError("evaluate needs model=SFT.nemo and/or apm=APM.nemo")
+    if data is not None and not (data / "manifest.json").exists():
+        raise MissingInputError(f"data={data}: not a `prepare` output folder (no manifest.json)")
+    if apm is not None and data is None:
+        raise MissingInputError("APM metrics need data=PREPARED (a `prepare` output folder)")
+    return sft, apm, data
+
+
+def _sampling(cfg: DictConfig) -> Any:
+    from nemo_steerlm.models.generation import SamplingParams
+
+    return SamplingParams(**OmegaConf.to_container(cfg.generation, resolve=True))
+
+
+def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict) -> dict:
+    """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model."""
+    from nemo_steerlm.data.formats import read_sft_jsonl
+    from nemo_steerlm.data.io import write_jsonl_atomic
+    from nemo_steerlm.evaluation import runner
+
+    results: dict[str, Any] = {}
+    params, label = _sampling(cfg), sft.schema.steer_label()
+    val = data / "sft" / "val.jsonl" if data is not None else None
+    if cfg.steerability.enabled:
+        if val is None:
+            raise MissingInputError("steerability needs held-out prompts: pass data=PREPARED")
+        t = time.perf_counter()
+        prompts = runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[: int(cfg.steerability.num_prompts)]
+        attrs = [str(a) for a in cfg.steerability.attributes]
+        res, records = runner.run_steerability(sft, apm, prompts, attrs, list(cfg.steerability.levels), params, out)
+        write_jsonl_atomic(out / "steer_responses.jsonl", (json_line(r) for r in records))
+        results["steerability"], timings["steerability"] = res, time.perf_counter() - t
+        results.setdefault("plots", {})["steerability"] = "steerability.png"
+    if cfg.mt_bench.enabled:
+        t = time.perf_counter()
+        results["mt_bench"] = runner.run_mt_bench(
+            sft, label, params, out / "mt_bench" / f"{cfg.mt_bench.model_id}.jsonl", str(cfg.mt_bench.model_id)
+        )
+        timings["mt_bench"] = time.perf_counter() - t
+    if cfg.truthfulqa.enabled:
+        t = time.perf_counter()
+        results["truthfulqa"] = runner.run_truthfulqa(sft, label, cfg.truthfulqa.max_questions)
+        timings["truthfulqa"] = time.perf_counter() - t
+    if cfg.perplexity.enabled and val is not None:
+        t = time.perf_counter()
+        results["perplexity"] = runner.run_perplexity(sft, val)
+        timings["perplexity"] = time.perf_counter() - t
+    return results
+
+
+def stage_timings(run_dir: Path) -> dict[str, float]:
+    """Seconds of each finished stage of a ``run`` folder (from the stages' summary files)."""
+    import json
+
+    out: dict[str, float] = {}
+    for summary in sorted(run_dir.glob("*/*.summary.json")):
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        out[f"stage {data['stage']}"] = float(data["seconds"])
+    return out
+
+
+def json_line(obj: Any) -> str:
+    """One JSON line (UTF-8 kept)."""
+    import json
+
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Runs the configured evaluations and writes ``report.md`` and ``results.json``."""
+    from nemo_steerlm.evaluation.apm_eval import evaluate_apm
+    from nemo_steerlm.evaluation.report import package_versions, write_report
+    from nemo_steerlm.models.checkpoint import restore_nemo
+
+    sft_path, apm_path, data = _inputs(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"inputs": {"model": str(sft_path), "apm": str(apm_path), "data": str(data)}}
+    timings: dict[str, float] = {}
+    apm = restore_nemo(apm_path, "apm") if apm_path is not None else None
+    if apm is not None:
+        t = time.perf_counter()
+        results["apm"] = evaluate_apm(
+            apm, data / "regression" / "val.jsonl", data / "regression" / "train.jsonl", output_dir
+        )
+        results.setdefault("plots", {})["apm"] = "apm_scatter.png"
+        timings["apm_metrics"] = time.perf_counter() - t
+    if sft_path is not None:
+        sft = restore_nemo(sft_path, "sft")
+        sections = _sft_sections(cfg, sft, apm, data, output_dir, timings)
+        plots = {**results.get("plots", {}), **sections.pop("plots", {})}
+        results.update(sections, plots=plots)
+    results["versions"], results["timings"] = package_versions(), {k: round(v, 2) for k, v in timings.items()}
+    if cfg.run_dir is not None:
+        results["timings"] = {**stage_timings(Path(str(cfg.run_dir))), **results["timings"]}
+    report, _ = write_report(results, output_dir, OmegaConf.to_yaml(cfg))
+    print(f"nemo-steerlm evaluate: report -> {report}")
+    return {"report": str(report), "timings": results["timings"]}
+
+
+@stage_app("evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    run_stage("evaluate", cfg, body)
+
+
+if __name__ == "__main__":
+    main()
