@@ -39,11 +39,29 @@ def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
         def main() -> None:
             given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
             sys.argv += [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
-            hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(task)()
+            try:
+                hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(task)()
+            finally:
+                teardown_distributed()
 
         return main
 
     return decorate
+
+
+def teardown_distributed() -> None:
+    """Destroys megatron's groups and the torch.distributed process group, if this process made them.
+
+    A gloo process group left to the interpreter's exit can keep a background thread alive after the stage finished
+    (seen on a requeued SLURM job); tearing it down explicitly lets the process exit.
+    """
+    dist_module = sys.modules.get("torch.distributed")
+    if dist_module is None or not dist_module.is_available() or not dist_module.is_initialized():
+        return
+    parallel_state = sys.modules.get("megatron.core.parallel_state")
+    if parallel_state is not None and parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    dist_module.destroy_process_group()
 
 
 def schema_from_cfg(cfg: DictConfig) -> AttributeSchema:

@@ -18,6 +18,7 @@ from nemo_steerlm.recipes.training import (
     check_layout,
     relaunch_under_torchrun,
     resolve_training_files,
+    resume_checkpoint,
     set_model_data,
 )
 
@@ -29,7 +30,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     set_model_data(cfg, train, val)
     trainer = build_trainer(cfg, output_dir)
     model = AttributePredictionModel(cfg.model, trainer)
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
     nemo_path = output_dir / "apm.nemo"
     model.save_to(str(nemo_path))
     evaluation = evaluate_apm(model, val, train, output_dir / "eval") if val is not None else None

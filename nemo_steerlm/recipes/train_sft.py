@@ -17,6 +17,7 @@ from nemo_steerlm.recipes.training import (
     check_layout,
     relaunch_under_torchrun,
     resolve_training_files,
+    resume_checkpoint,
     set_model_data,
 )
 
@@ -30,7 +31,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     set_model_data(cfg, train, val)
     trainer = build_trainer(cfg, output_dir)
     model = SteerLMSFTModel(cfg.model, trainer)
-    trainer.fit(model)
+    trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
     nemo_path = output_dir / "sft.nemo"
     model.save_to(str(nemo_path))
     return {

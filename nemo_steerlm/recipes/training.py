@@ -68,6 +68,21 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> Trainer:
     return trainer
 
 
+def resume_checkpoint(trainer: Trainer) -> str | None:
+    """The checkpoint to resume from: the newest of exp_manager's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt``.
+
+    On a requeued SLURM job Lightning saved ``hpc_ckpt_N.ckpt`` in the log folder when the pre-walltime signal came;
+    exp_manager moves earlier files of the log folder into ``run_K/`` sub-folders before Lightning looks for them, so
+    the newest one is found here and given to ``trainer.fit`` explicitly.
+    """
+    log_dir = Path(str(trainer.default_root_dir))
+    candidates = [p for p in log_dir.rglob("hpc_ckpt_*.ckpt") if p.is_file()]
+    if trainer.ckpt_path:
+        candidates.append(Path(str(trainer.ckpt_path)))
+    candidates = [p for p in candidates if p.exists()]
+    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+
+
 def resolve_training_files(cfg: DictConfig, output_dir: Path, kind: str) -> tuple[Path, Path | None]:
     """The ``(train, validation)`` JSONL files of ``kind`` (``regression`` or ``sft``) for a training stage.
 

@@ -113,11 +113,6 @@ def test_failing_stage_cancels_dependents(slurm_env: dict[str, str], tmp_path: P
     assert "nonexistent" in log and "step exited with status 2" in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exp_manager moves run/hpc_ckpt_N.ckpt into run/run_K/ on restart before Lightning looks for it, so the "
-    "requeued job trains from scratch; fix in recipes/training.py build_trainer (see docs/slurm.md, Preemption)",
-)
 def test_presignal_checkpoint_requeue_resume(slurm_env: dict[str, str], tmp_path: Path) -> None:
     run = tmp_path / "preempt"
     data = tmp_path / "data"
