@@ -1,0 +1,152 @@
+"""The real `nemo-steerlm generate` CLI and the generation library with a tiny trained SFT model.
+
+The KV-cache batched generation is compared with an independent loop: one prompt at a time, the plain model forward
+over the whole sequence every step, argmax over the tokenizer's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from steerlm_test_helpers.cli import ok, steerlm
+
+from nemo_steerlm import resources
+from nemo_steerlm.attributes import TURN_MARKER
+from nemo_steerlm.data.formats import read_sft_jsonl
+from nemo_steerlm.data.template import render_prompt
+from nemo_steerlm.models.checkpoint import restore_nemo
+from nemo_steerlm.models.generation import SamplingParams, generate, generate_full, prompt_conversation
+
+pytestmark = pytest.mark.integration
+NEW = 16
+MT_BENCH = Path(resources.__file__).resolve().parent / "eval" / "mt_bench" / "question.jsonl"
+
+
+@pytest.fixture
+def sft_model(tiny_sft: Path):
+    # per test: the shared conftest tears the process groups down after each test
+    return restore_nemo(tiny_sft / "sft.nemo", "sft")
+
+
+@pytest.fixture
+def conversations(tiny_sft: Path, sft_model):
+    convs = read_sft_jsonl(tiny_sft / "data" / "sft" / "val.jsonl", sft_model.schema)
+    return [prompt_conversation(c)[0] for c in convs[::9]]
+
+
+def _recompute_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
+    ids = list(prompt_ids)
+    vocab = len(model.tokenizer)
+    with torch.no_grad():
+        for _ in range(steps):
+            tokens = torch.tensor([ids])
+            logits = model.model(tokens, torch.arange(len(ids)).unsqueeze(0), None)
+            ids.append(int(logits[0, -1, :vocab].argmax()))
+    return ids[len(prompt_ids) :]
+
+
+def test_kv_cache_batch_equals_unbatched_full_recomputation(sft_model, conversations) -> None:
+    params = SamplingParams(max_new_tokens=NEW, greedy=True, stop_text="", batch_size=len(conversations))
+    got = generate_full(sft_model, conversations, "verbosity:1", params)
+    lengths = {len(g.prompt_ids) for g in got}
+    assert len(lengths) >= 3, "the batch should mix prompt lengths"
+    limit = 512 - NEW  # the model's seq_length minus the new tokens: longer prompts are cut from the left
+    truncated = 0
+    for conv, g in zip(conversations, got, strict=True):
+        full = sft_model.tokenizer(render_prompt(conv, "verbosity:1"), add_special_tokens=False)["input_ids"]
+        assert g.prompt_ids == full[-limit:] and g.prompt_truncated == (len(full) > limit)
+        truncated += g.prompt_truncated
+        assert g.token_ids == _recompute_greedy(sft_model, g.prompt_ids, NEW)
+    assert 0 < truncated < len(got)
+
+
+def test_stop_text_cuts_the_response(sft_model, conversations) -> None:
+    free = generate_full(sft_model, conversations[:1], None, SamplingParams(max_new_tokens=NEW, greedy=True))[0]
+    decoded = sft_model.tokenizer.decode(free.token_ids, skip_special_tokens=False)
+    stop = sft_model.tokenizer.decode(free.token_ids[4:6], skip_special_tokens=False)
+    params = SamplingParams(max_new_tokens=NEW, greedy=True, stop_text=stop)
+    cut = generate_full(sft_model, conversations[:1], None, params)[0]
+    assert cut.stop_reason == "stop_text" and len(cut.token_ids) <= 6
+    assert cut.text == decoded[: decoded.find(stop)] and stop not in cut.text
+    assert generate(sft_model, conversations[:1], None, params) == [cut.text]
+
+
+def test_sampling_is_seeded(sft_model, conversations) -> None:
+    params = SamplingParams(max_new_tokens=8, temperature=0.8, top_k=50, top_p=0.9, seed=7)
+    first = generate(sft_model, conversations[:3], None, params)
+    assert first == generate(sft_model, conversations[:3], None, params)
+
+
+def test_cli_generates_steered_lines(tiny_sft: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    ok(
+        steerlm(
+            "generate",
+            f"model={tiny_sft / 'sft.nemo'}",
+            f"data={tiny_sft / 'data' / 'sft' / 'val.jsonl'}",
+            f"output_dir={out}",
+            "limit=5",
+            f"sampling.max_new_tokens={NEW}",
+            "steer.verbosity=0",
+            "steer.humor=2",
+        )  # fmt: skip
+    )
+    lines = (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    src = (tiny_sft / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:5]
+    label = "quality:4,toxicity:0,humor:2,creativity:0,helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:0"
+    assert len(lines) == 5
+    for i, (line, original) in enumerate(zip(lines, src, strict=True)):
+        obj, conv = json.loads(line), json.loads(original)["conversations"]
+        assert obj["index"] == i and obj["label"] == label
+        assert obj["prompt"] == conv[0]["value"] and obj["reference"] == conv[1]["value"]
+        assert TURN_MARKER not in obj["response"]
+        assert obj["stop_reason"] in ("stop_text", "eos", "max_new_tokens")
+        assert 1 <= len(obj["response_token_ids"]) <= NEW
+
+
+def test_cli_reads_mt_bench_questions(tiny_sft: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mt"
+    ok(
+        steerlm(
+            "generate",
+            f"model={tiny_sft / 'sft.nemo'}",
+            f"data={MT_BENCH}",
+            f"output_dir={out}",
+            "limit=2",
+            "sampling.max_new_tokens=4",
+            "sampling.greedy=true",
+            "layout.tensor_model_parallel_size=1",
+        )  # fmt: skip
+    )
+    questions = [json.loads(x) for x in Path(MT_BENCH).read_text().splitlines()[:2]]
+    got = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert [g["id"] for g in got] == [str(q["question_id"]) for q in questions]
+    assert [g["prompt"] for g in got] == [q["turns"][0] for q in questions]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steer.sarcasm=1", "steer.sarcasm=1: unknown attribute 'sarcasm'"),
+        ("steer.verbosity=7", "steer.verbosity=7: attribute 'verbosity': value 7 is out of range [0, 4]"),
+    ],
+)
+def test_bad_steering_exits_2(tiny_sft: Path, tmp_path: Path, override: str, message: str) -> None:
+    res = steerlm(
+        "generate", f"model={tiny_sft / 'sft.nemo'}", f"data={tiny_sft / 'data' / 'sft' / 'val.jsonl'}",
+        f"output_dir={tmp_path / 'o'}", override,
+    )  # fmt: skip
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "o").exists()
+
+
+def test_attribute_model_given_to_generate_exits_2(tiny_apm: Path, tmp_path: Path) -> None:
+    res = steerlm(
+        "generate", f"model={tiny_apm / 'apm.nemo'}", f"data={tiny_apm / 'data' / 'sft' / 'val.jsonl'}",
+        f"output_dir={tmp_path / 'o'}",
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "is a attribute prediction model (train-apm), but this stage needs a SteerLM SFT model" in res.stderr
