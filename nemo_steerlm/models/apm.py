@@ -17,7 +17,7 @@ from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
 from nemo_steerlm.attributes import MASK_VALUE
-from nemo_steerlm.data.datasets import MegatronBatchSampler, RegressionDataset, collate_regression
+from nemo_steerlm.data.datasets import RegressionDataset, collate_regression
 from nemo_steerlm.data.formats import read_regression_jsonl
 from nemo_steerlm.megatron.step import run_forward_collect
 from nemo_steerlm.models.base import MegatronGPTBase
@@ -58,19 +58,8 @@ class AttributePredictionModel(MegatronGPTBase):
         records = [(e.text, e.label) for e in examples]
         return RegressionDataset(records, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
 
-    def _loader(self, dataset: RegressionDataset, train: bool) -> DataLoader:
-        gbs = int(self._cfg.global_batch_size)
-        sampler = MegatronBatchSampler(
-            len(dataset),
-            gbs,
-            parallel_state.get_data_parallel_rank(),
-            parallel_state.get_data_parallel_world_size(),
-            shuffle=train,
-            seed=int(self._cfg.seed),
-            drop_last=train,
-        )
-        collate = partial(collate_regression, pad_id=int(self.tokenizer.pad_token_id))
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    def _loader(self, dataset: Any, train: bool) -> DataLoader:
+        return self.make_loader(dataset, train, partial(collate_regression, pad_id=int(self.tokenizer.pad_token_id)))
 
     def train_dataloader(self) -> DataLoader:
         """Training batches from ``model.data.train``."""

@@ -20,8 +20,10 @@ from nemo.core.classes import ModelPT
 from nemo.core.classes import common as nemo_common
 from nemo.utils.app_state import AppState
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.data.datasets import MegatronBatchSampler
 from nemo_steerlm.data.tokenization import load_tokenizer
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.megatron.builder import (
@@ -169,6 +171,19 @@ class MegatronGPTBase(ModelPT):
         size = int(self._cfg.micro_batch_size)
         n = next(iter(batch.values())).shape[0]
         return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+    def make_loader(self, dataset: Any, train: bool, collate: Any) -> DataLoader:
+        """A loader yielding this data-parallel rank's share of each global batch (megatron batch semantics)."""
+        sampler = MegatronBatchSampler(
+            len(dataset),
+            int(self._cfg.global_batch_size),
+            parallel_state.get_data_parallel_rank(),
+            parallel_state.get_data_parallel_world_size(),
+            shuffle=train,
+            seed=int(self._cfg.seed),
+            drop_last=train,
+        )
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
 
     def configure_optimizers(self) -> MegatronOptimizerAdapter:
         """Wraps the model in megatron DDP and builds megatron's optimizer and cosine schedule."""

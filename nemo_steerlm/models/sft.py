@@ -11,10 +11,9 @@ from functools import partial
 from typing import Any
 
 import torch
-from megatron.core import parallel_state
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_steerlm.data.datasets import MegatronBatchSampler, PackedSFTDataset, SFTDataset, SFTSample, collate_sft
+from nemo_steerlm.data.datasets import PackedSFTDataset, SFTDataset, SFTSample, collate_sft
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
@@ -50,18 +49,8 @@ class SteerLMSFTModel(MegatronGPTBase):
         conversations = read_sft_jsonl(path, self.schema)
         return SFTDataset(conversations, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        sampler = MegatronBatchSampler(
-            len(dataset),
-            int(self._cfg.global_batch_size),
-            parallel_state.get_data_parallel_rank(),
-            parallel_state.get_data_parallel_world_size(),
-            shuffle=train,
-            seed=int(self._cfg.seed),
-            drop_last=train,
-        )
-        collate = partial(collate_sft, pad_id=int(self.tokenizer.pad_token_id))
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    def _loader(self, dataset: Any, train: bool) -> DataLoader:
+        return self.make_loader(dataset, train, partial(collate_sft, pad_id=int(self.tokenizer.pad_token_id)))
 
     def _maybe_packed(self, dataset: SFTDataset) -> Dataset:
         return PackedSFTDataset(dataset, int(self._cfg.seq_length)) if bool(self._cfg.data.packing) else dataset
