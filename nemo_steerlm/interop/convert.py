@@ -28,13 +28,11 @@ from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.interop.chat_template import steerlm_chat_template
 from nemo_steerlm.interop.hf_llama import (
     HEAD_KEYS,
-    SCORE_BIAS_KEY,
     HFInteropError,
     gpt_config_from_hf,
     hf_config_dict,
     hf_to_megatron,
     megatron_to_hf,
-    regression_bias,
     shape_mismatches,
 )
 
@@ -190,7 +188,7 @@ def _check_vocab(model: Any, hf_vocab: int, source: Any) -> None:
 
 
 def init_regression_head(model: Any, seed: int) -> None:
-    """Re-initialise the APM's regression head from ``seed`` alone (same weights at every layout), bias zero."""
+    """Re-initialise the APM's regression head from ``seed`` alone (same weights at every layout)."""
     head = getattr(model.model, "regression_head", None)
     if head is None:
         return
@@ -198,7 +196,6 @@ def init_regression_head(model: Any, seed: int) -> None:
     std = float(model.gpt_config.init_method_std)
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=gen, dtype=torch.float32) * std)
-        head.bias.zero_()
 
 
 def load_full_state(model: Any, full: Mapping[str, Any]) -> list[str]:
@@ -258,8 +255,7 @@ def load_initial_weights(model: Any, path: str | os.PathLike[str]) -> list[str]:
         theirs = gpt_config_from_hf(hf_config, make_vocab_size_divisible_by=divisible)
         _check_vocab(model, theirs.vocab_size, f"init weights {path}")
         _check_shape(model, theirs, path)
-        bias = hf_config.get(SCORE_BIAS_KEY)
-        full = hf_to_megatron(read_hf_state(path), model.gpt_config, None if bias is None else torch.tensor(bias))
+        full = hf_to_megatron(read_hf_state(path), model.gpt_config)
         return load_full_state(model, full)
     if path.is_file():
         return _load_nemo_weights(model, path)
@@ -335,12 +331,11 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     """Write a ``.nemo`` as a Hugging Face directory (one process; the model is restored at TP=1, PP=1).
 
     SFT → ``LlamaForCausalLM``; APM → ``LlamaForSequenceClassification`` (``num_labels`` = attributes, ``id2label``
-    = their names, ``pad_token_id`` set so the last non-pad token is scored; pad on the right). HF's ``score`` has no
-    bias: the regression head's bias is stored as ``config.score_bias`` (add it to the logits, or load with
-    :func:`load_hf_apm`). The tokenizer gets the SteerLM chat template; ``steerlm.json`` records the schema.
+    = their names, ``pad_token_id`` set so the last non-pad token is scored; pad on the right); its ``score`` equals
+    our bias-free regression head. The tokenizer gets the SteerLM chat template; ``steerlm.json`` records the schema.
 
     Returns:
-        A summary: kind, output folder, architecture, parameter count, ``score_bias`` (APM).
+        A summary: kind, output folder, architecture, parameter count.
     """
     from nemo_steerlm.models.checkpoint import read_nemo_meta, restore_nemo
 
@@ -377,8 +372,6 @@ def _write_hf_model(model: Any, kind: str, full: Mapping[str, Any], dtype: torch
     config = _hf_config(model, kind, dtype)
     head = "score" if kind == "apm" else "lm_head"
     state = megatron_to_hf(full, model.gpt_config, head=head)
-    if kind == "apm":
-        setattr(config, SCORE_BIAS_KEY, regression_bias(full))
     cls = LlamaForSequenceClassification if kind == "apm" else LlamaForCausalLM
     with torch.device("meta"):
         hf_model = cls(config)
@@ -392,25 +385,4 @@ def _write_hf_model(model: Any, kind: str, full: Mapping[str, Any], dtype: torch
     return {
         "architecture": cls.__name__,
         "parameters": sum(t.numel() for t in state.values()),
-        "score_bias": getattr(config, SCORE_BIAS_KEY, None),
     }
-
-
-def load_hf_apm(hf_dir: str | os.PathLike[str]) -> Any:
-    """Load an exported APM as ``LlamaForSequenceClassification`` with its regression bias restored.
-
-    ``score`` is replaced by a ``Linear`` with bias ``config.score_bias``, so ``model(...).logits`` are the
-    attribute scores of our model (last non-pad token; pad on the right).
-    """
-    from transformers import LlamaForSequenceClassification
-
-    model = LlamaForSequenceClassification.from_pretrained(str(hf_dir))
-    bias = getattr(model.config, SCORE_BIAS_KEY, None)
-    if bias is not None:
-        old = model.score
-        new = torch.nn.Linear(old.in_features, old.out_features, bias=True, dtype=old.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(old.weight)
-            new.bias.copy_(torch.tensor(bias, dtype=old.weight.dtype))
-        model.score = new
-    return model.eval()

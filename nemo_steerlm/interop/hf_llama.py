@@ -15,7 +15,7 @@ Mapping (HF → megatron, full model, TP=1)::
     model.layers.i.mlp.down_proj.*                decoder.layers.i.mlp.linear_fc2.*
     model.norm.weight                             decoder.final_layernorm.weight
     lm_head.weight                                output_layer.weight               (absent when tied)
-    score.weight (+ config.score_bias)            regression_head.weight / .bias    (attribute model)
+    score.weight                                  regression_head.weight            (attribute model; no bias)
 
 Nothing here reads Hydra config. Errors a user can fix raise :class:`HFInteropError` naming the field.
 """
@@ -41,9 +41,7 @@ SUPPORTED_ARCHITECTURES = (
     "MistralForCausalLM",
     "MistralForSequenceClassification",
 )
-#: HF config key that carries the regression head's bias (LlamaForSequenceClassification's ``score`` has none)
-SCORE_BIAS_KEY = "score_bias"
-HEAD_KEYS = ("regression_head.weight", "regression_head.bias")
+HEAD_KEYS = ("regression_head.weight",)
 # HF keys that carry no weights of ours
 _IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -205,13 +203,12 @@ def _layer_to_megatron(hf: Mapping[str, Tensor], gpt: GPTConfig, i: int) -> dict
     return out
 
 
-def hf_to_megatron(hf: Mapping[str, Tensor], gpt: GPTConfig, score_bias: Tensor | None = None) -> dict[str, Tensor]:
+def hf_to_megatron(hf: Mapping[str, Tensor], gpt: GPTConfig) -> dict[str, Tensor]:
     """Convert a Hugging Face Llama state dict into our full (TP=1, PP=1) megatron state dict.
 
     Args:
         hf: ``LlamaForCausalLM`` or ``LlamaForSequenceClassification`` state dict.
         gpt: the model shape (from :func:`gpt_config_from_hf`).
-        score_bias: bias of a sequence-classification ``score`` head (``config.score_bias``), if any.
 
     Returns:
         Megatron keys; the vocabulary is zero-padded for TP=1; ``output_layer.weight`` only when untied and the HF
@@ -232,8 +229,6 @@ def hf_to_megatron(hf: Mapping[str, Tensor], gpt: GPTConfig, score_bias: Tensor 
         out["output_layer.weight"] = _pad_rows(hf["lm_head.weight"], rows)
     if "score.weight" in hf:
         out["regression_head.weight"] = hf["score.weight"]
-        bias = score_bias if score_bias is not None else torch.zeros(hf["score.weight"].shape[0])
-        out["regression_head.bias"] = bias.to(hf["score.weight"].dtype)
     used = set(megatron_to_hf_keys(gpt, "score.weight" in hf, "lm_head.weight" in hf))
     unexpected = [k for k in hf if k not in used and not k.endswith(_IGNORED_HF_SUFFIXES)]
     if unexpected:
@@ -299,11 +294,6 @@ def megatron_to_hf(full: Mapping[str, Any], gpt: GPTConfig, head: str = "lm_head
             raise HFInteropError("this model has no regression head to export as a sequence-classification score")
         out["score.weight"] = full["regression_head.weight"]
     return {k: t.detach().clone().contiguous() for k, t in out.items()}
-
-
-def regression_bias(full: Mapping[str, Any]) -> list[float]:
-    """The regression head's bias as a list (stored as ``config.score_bias`` on export)."""
-    return [float(x) for x in full["regression_head.bias"].detach().float().tolist()]
 
 
 def shape_mismatches(ours: GPTConfig, theirs: GPTConfig) -> list[str]:

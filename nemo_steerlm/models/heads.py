@@ -37,11 +37,10 @@ class RegressionGPTModel(GPTModel):
         self._last_token_index: Tensor | None = None
         if self.post_process:
             self.regression_head = torch.nn.Linear(
-                self.config.hidden_size, num_attributes, dtype=self.config.params_dtype
+                self.config.hidden_size, num_attributes, bias=False, dtype=self.config.params_dtype
             )
             with torch.no_grad():
                 self.config.init_method(self.regression_head.weight)
-                self.regression_head.bias.zero_()
             if torch.cuda.is_available():
                 self.regression_head.cuda(torch.cuda.current_device())
 

@@ -220,17 +220,18 @@ def test_greedy_generation_of_exported_model_equals_our_loop(imported):
 
 
 def test_apm_export_scores_match_ours(tmp_path):
-    from nemo_steerlm.interop.convert import export_hf, import_hf, load_hf_apm
+    from nemo_steerlm.interop.convert import export_hf, import_hf
     from nemo_steerlm.models.checkpoint import save_nemo
 
     hf_dir = make_hf_dir(tmp_path / "hf", tie=True)
     schema = AttributeSchema.create(AttributeSchema().names, drop=["humor"])
     nemo = import_hf(hf_dir, "apm", tmp_path / "apm.nemo", schema=schema)
     model = restore(nemo, "apm")
-    with torch.no_grad():  # a trained head has a bias: make it non-zero
-        model.model.regression_head.bias.copy_(torch.linspace(-1, 2, len(schema)))
-    save_nemo(model, tmp_path / "apm_bias.nemo")
-    summary = export_hf(tmp_path / "apm_bias.nemo", tmp_path / "out")
+    assert model.model.regression_head.bias is None  # HF's score has no bias: plain from_pretrained must match
+    with torch.no_grad():  # a trained head: not the seeded init
+        model.model.regression_head.weight.mul_(3.0).add_(0.01)
+    save_nemo(model, tmp_path / "apm_trained.nemo")
+    summary = export_hf(tmp_path / "apm_trained.nemo", tmp_path / "out")
     assert summary["architecture"] == "LlamaForSequenceClassification"
 
     lengths = [20, 7, 13]
@@ -246,10 +247,8 @@ def test_apm_export_scores_match_ours(tmp_path):
         assert plain.config.num_labels == len(schema)
         assert [plain.config.id2label[i] for i in range(len(schema))] == list(schema.names)
         assert plain.config.pad_token_id == pad
-        plain_scores = plain(input_ids=tokens).logits + torch.tensor(plain.config.score_bias)
-        biased_scores = load_hf_apm(tmp_path / "out")(input_ids=tokens).logits
+        plain_scores = plain(input_ids=tokens).logits
     assert (plain_scores - ours).abs().max().item() <= ATOL
-    assert (biased_scores - ours).abs().max().item() <= ATOL
     assert json.loads((tmp_path / "out" / "steerlm.json").read_text())["attributes"] == list(schema.names)
 
 
@@ -312,12 +311,12 @@ def test_load_initial_weights_from_nemo_and_hf_dir(imported, tmp_path):
     for source in (nemo, hf_dir):  # an SFT .nemo and an HF directory into an APM: trunk loaded, head fresh
         model = AttributePredictionModel(cfg)
         kept = load_initial_weights(model, source)
-        assert set(kept) == {"regression_head.weight", "regression_head.bias"}
+        assert set(kept) == {"regression_head.weight"}
         state = model.model.state_dict()
         for key, value in reference.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(state[key], value), (source, key)
-        assert not state["regression_head.bias"].any() and state["regression_head.weight"].std() > 0
+        assert "regression_head.bias" not in state and state["regression_head.weight"].std() > 0
 
 
 def test_load_initial_weights_rejects_another_shape(imported, tmp_path):
