@@ -35,6 +35,10 @@ The patches, each the narrowest found to work (measured on megatron-core 0.16.1,
    ``not config.sequence_parallel``. The norm itself is sequence-local, so it is built from a copy of the config with
    sequence parallel off, and its parameters are tagged ``sequence_parallel=True`` so ``finalize_model_grads``
    all-reduces their gradients over the tensor-parallel group, exactly as megatron does for its fused norms.
+7. **Tied embeddings across pipeline stages.** ``LanguageModule.setup_embeddings_and_output_layer`` moves the shared
+   word-embedding weight with ``weight.data.cuda()`` before all-reducing it between the first and last stage. A
+   tensor method is not reachable through a module's ``torch`` name, so that one call runs with ``Tensor.cuda`` as
+   the identity (the weight is already where the CPU process group needs it), restored right after.
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ def apply_cpu_patches(force: bool = False) -> bool:
     _patch_causal_mask()
     _patch_grad_norm()
     _patch_wrapped_torch_norm()
+    _patch_tied_embedding_setup()
     _state["applied"] = True
     return True
 
@@ -393,3 +398,31 @@ def _patch_wrapped_torch_norm() -> None:
         return norm
 
     WrappedTorchNorm.__new__ = staticmethod(cpu_new)
+
+
+# ---------------------------------------------------------------- patch 7: tied embeddings across pipeline stages
+
+
+@contextlib.contextmanager
+def _tensor_cuda_is_identity() -> Iterator[None]:
+    """Within the block ``Tensor.cuda()`` returns the tensor itself (CPU machines only)."""
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original  # type: ignore[method-assign]
+
+
+def _patch_tied_embedding_setup() -> None:
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    original = LanguageModule.setup_embeddings_and_output_layer
+    _state["originals"].setdefault("setup_embeddings_and_output_layer", original)
+
+    @functools.wraps(original)
+    def setup_on_cpu(self: Any) -> None:
+        with _tensor_cuda_is_identity():
+            original(self)
+
+    LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu

@@ -9,8 +9,6 @@ Run ``nemo-steerlm annotate model=APM.nemo data=SFT.jsonl output_dir=D [override
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +22,6 @@ from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
 from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 STATE_DIR = ".annotate_state"
-
-
-def accept_model_override(argv: Sequence[str]) -> list[str]:
-    """Maps ``model=PATH`` to ``model_path=PATH``: ``model`` names a Hydra config group, so it cannot be a value."""
-    return [f"model_path={a.split('=', 1)[1]}" if a.startswith("model=") else a for a in argv]
 
 
 def output_name(data: Path) -> str:
@@ -78,7 +71,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     data = require_path(cfg, "data", "an SFT JSONL file to label")
     if bool(cfg.merge_shards):
         return merge(cfg, output_dir, data)
-    model_path = require_path(cfg, "model_path", "an attribute model .nemo made by train-apm (model=PATH)")
+    model_path = require_path(cfg, "model", "an attribute model .nemo made by train-apm (model=PATH)")
     meta = check_kind(model_path, "apm")
     schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
     conversations = read_sft_jsonl(data, schema)  # bad data fails here, before the model loads or anything is written
@@ -134,16 +127,11 @@ def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, sh
 
 
 @stage_app("annotate")
-def _app(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
     if not bool(cfg.merge_shards):
         relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
     run_stage("annotate", cfg, body)
-
-
-def main() -> None:
-    """Hydra entry point (``model=PATH`` accepted)."""
-    sys.argv = accept_model_override(sys.argv)
-    _app()
 
 
 if __name__ == "__main__":

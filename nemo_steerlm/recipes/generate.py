@@ -18,7 +18,6 @@ from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
 from nemo_steerlm.data.io import DataError, dump_json_line, read_jsonl, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.annotate import accept_model_override
 from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
 from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
@@ -27,7 +26,7 @@ OUTPUT_NAME = "generations.jsonl"
 
 def accept_steer_overrides(argv: Sequence[str]) -> list[str]:
     """``steer.NAME=V`` -> ``+steer.NAME=V`` (the names depend on the model's schema; they are checked later)."""
-    return [f"+{a}" if a.startswith("steer.") else a for a in accept_model_override(argv)]
+    return [f"+{a}" if a.startswith("steer.") else a for a in argv]
 
 
 def steering_label(cfg: DictConfig, schema: AttributeSchema) -> str:
@@ -98,7 +97,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from nemo_steerlm.models.checkpoint import check_kind, restore_nemo
     from nemo_steerlm.models.generation import generate_full
 
-    model_path = require_path(cfg, "model_path", "a SteerLM SFT model .nemo made by train-sft (model=PATH)")
+    model_path = require_path(cfg, "model", "a SteerLM SFT model .nemo made by train-sft (model=PATH)")
     meta = check_kind(model_path, "sft")
     schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
     label = steering_label(cfg, schema)

@@ -53,7 +53,7 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
     return {
         "prepare": [],
         "train_apm": [f"data={prepared}"],
-        "annotate": [f"model_path={apm}", f"data={prepared / 'sft' / 'train.jsonl'}"],
+        "annotate": [f"model={apm}", f"data={prepared / 'sft' / 'train.jsonl'}"],
         "train_sft": sft_data,
         "evaluate": [f"model={sft}", f"apm={apm}", f"data={prepared}", f"run_dir={root}"],
     }

@@ -16,6 +16,7 @@ from nemo_steerlm.recipes.common import run_stage, stage_app
 from nemo_steerlm.recipes.training import (
     build_trainer,
     check_layout,
+    init_weights,
     relaunch_under_torchrun,
     resolve_training_files,
     resume_checkpoint,
@@ -30,6 +31,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     set_model_data(cfg, train, val)
     trainer = build_trainer(cfg, output_dir)
     model = AttributePredictionModel(cfg.model, trainer)
+    init_weights(model, cfg.preset.init_from)
     trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
     nemo_path = output_dir / "apm.nemo"
     model.save_to(str(nemo_path))

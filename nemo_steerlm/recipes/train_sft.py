@@ -15,6 +15,7 @@ from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
 from nemo_steerlm.recipes.training import (
     build_trainer,
     check_layout,
+    init_weights,
     relaunch_under_torchrun,
     resolve_training_files,
     resume_checkpoint,
@@ -31,6 +32,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     set_model_data(cfg, train, val)
     trainer = build_trainer(cfg, output_dir)
     model = SteerLMSFTModel(cfg.model, trainer)
+    init_weights(model, cfg.preset.init_from)
     trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
     nemo_path = output_dir / "sft.nemo"
     model.save_to(str(nemo_path))

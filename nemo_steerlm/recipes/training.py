@@ -68,6 +68,20 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> Trainer:
     return trainer
 
 
+def init_weights(model: Any, init_from: Any) -> None:
+    """Loads pretrained weights into a freshly built model: a Hugging Face folder or a ``.nemo`` (``preset.init_from``).
+
+    An APM started from a causal LM keeps its freshly seeded regression head. A resumed run then overwrites these
+    weights from its checkpoint.
+    """
+    if init_from is None:
+        return
+    from nemo_steerlm.interop.convert import load_initial_weights
+
+    kept = load_initial_weights(model, str(init_from))
+    print(f"nemo-steerlm: initial weights from {init_from} (kept their initialisation: {kept or 'none'})")
+
+
 def resume_checkpoint(trainer: Trainer) -> str | None:
     """The checkpoint to resume from: the newest of exp_manager's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt``.
 

@@ -45,19 +45,10 @@ def _run(hf_dir: Path, kind: str, tp: int, pp: int, tmp: Path) -> dict:
     return {**json.loads(out.read_text(encoding="utf-8")), "nemo": nemo}
 
 
-# megatron's LanguageModule.setup_embeddings_and_output_layer moves the last stage's tied output weight with `.cuda()`
-# before its all-reduce (language_module.py:244 in megatron-core 0.16.1): the CPU adapter does not patch it yet.
-CPU_TIED_PP = pytest.mark.xfail(
-    condition=not torch.cuda.is_available(),
-    reason="tied embeddings with PP>1 need a CPU patch of LanguageModule.setup_embeddings_and_output_layer (.cuda())",
-    strict=True,
-)
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "tp, pp, tie",
-    [(2, 1, False), (2, 1, True), (1, 2, False), pytest.param(1, 2, True, marks=CPU_TIED_PP)],
+    [(2, 1, False), (2, 1, True), (1, 2, False), (1, 2, True)],
     ids=["tp2-untied", "tp2-tied", "pp2-untied", "pp2-tied"],
 )
 def test_sft_import_matches_transformers_and_exports_exactly(tmp_path, tp, pp, tie):
