@@ -254,6 +254,22 @@ def _gather(items: list[tuple[int, Generation]]) -> list[tuple[int, Generation]]
     return [x for part in out for x in part]
 
 
+def length_batches(order: list[int], lengths: list[int], batch_size: int, max_spread: int) -> list[list[int]]:
+    """Cuts length-sorted prompt indices into batches of at most ``batch_size`` whose lengths differ by ``max_spread``.
+
+    A batch is prefilled up to its shortest prompt and the longer prompts are then fed one token per step, so a wide
+    spread costs steps for the whole batch; a new batch costs ``max_new_tokens`` decode steps. Bounding the spread by
+    about half of that keeps both small.
+    """
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and lengths[i] - lengths[batches[-1][0]] <= max_spread:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def generate_ids(
     model: Any, prompts: Sequence[list[int]], params: SamplingParams, max_prompt_tokens: int | None = None
 ) -> list[Generation]:
@@ -277,8 +293,7 @@ def generate_ids(
     mine = _data_parallel_share(order)
     generator = torch.Generator().manual_seed(params.seed)
     results: list[tuple[int, Generation]] = []
-    for begin in range(0, len(mine), params.batch_size):
-        idx = mine[begin : begin + params.batch_size]
+    for idx in length_batches(mine, [len(c) for c in cut], params.batch_size, max(params.max_new_tokens // 2, 8)):
         batch = generate_batch(
             model.model, [cut[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator
         )

@@ -7,6 +7,7 @@ the work and returns a JSON-serialisable summary. Recipes are the only modules t
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +48,14 @@ def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
         return main
 
     return decorate
+
+
+def is_global_rank_zero() -> bool:
+    """Whether this process is global rank 0 (from torch.distributed if started, else the launcher's RANK)."""
+    dist_module = sys.modules.get("torch.distributed")
+    if dist_module is not None and dist_module.is_available() and dist_module.is_initialized():
+        return dist_module.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def teardown_distributed() -> None:
@@ -98,6 +107,8 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | 
     except UserError as err:
         _fail(stage, str(err))
     elapsed = time.perf_counter() - start
+    if not is_global_rank_zero():
+        return summary
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{stage}.config.yaml").write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
     write_json_atomic(

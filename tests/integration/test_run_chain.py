@@ -1,0 +1,79 @@
+"""`nemo-steerlm run`: the whole chain on the shipped sample (tiny model, few steps), its report, and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from steerlm_test_helpers.cli import ok, steerlm
+
+pytestmark = pytest.mark.integration
+
+FAST = [
+    'overrides.train_apm=["trainer.max_steps=4","trainer.val_check_interval=2"]',
+    'overrides.train_sft=["trainer.max_steps=4","trainer.val_check_interval=2"]',
+    'overrides.evaluate=["steerability.num_prompts=2","generation.max_new_tokens=8","truthfulqa.max_questions=24"]',
+]
+HELPSTEER = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("run") / "demo"
+    res = ok(steerlm("run", f"output_dir={out}", *FAST, timeout=1500))
+    return out, res.stdout
+
+
+def test_every_stage_ran_in_its_folder(chain: tuple[Path, str]) -> None:
+    out, stdout = chain
+    for stage in ("prepare", "train-apm", "annotate", "train-sft", "evaluate"):
+        assert (out / stage / f"{stage}.summary.json").exists(), stage
+    assert f"report -> {out / 'evaluate' / 'report.md'}" in stdout
+
+
+def test_report_has_every_section_and_its_numbers_come_from_results(chain: tuple[Path, str]) -> None:
+    out, _ = chain
+    report = (out / "evaluate" / "report.md").read_text(encoding="utf-8")
+    results = json.loads((out / "evaluate" / "results.json").read_text(encoding="utf-8"))
+    for name in HELPSTEER:
+        entry = results["apm"]["attributes"][name]
+        assert entry["n"] > 0 and {"model", "mean", "length"} <= set(entry)
+        assert name in report
+    for attribute in ("verbosity", "complexity", "helpfulness"):
+        sweep = results["steerability"][attribute]
+        assert "spearman" in json.dumps(sweep)
+        assert f"### {attribute}" in report
+    tqa = results["truthfulqa"]
+    assert tqa["n"] == 24 and 0.0 <= tqa["mc1"] <= 1.0 and 0.0 <= tqa["mc2"] <= 1.0
+    assert results["perplexity"]["perplexity"] > 1.0
+    for stage in ("prepare", "train-apm", "annotate", "train-sft"):
+        assert f"stage {stage}" in results["timings"]
+    for png in ("apm_scatter.png", "steerability.png"):
+        assert (out / "evaluate" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png in report
+
+
+def test_mt_bench_answers_in_fastchat_format(chain: tuple[Path, str]) -> None:
+    out, _ = chain
+    lines = (out / "evaluate" / "mt_bench" / "nemo-steerlm.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 80
+    for line in lines:
+        record = json.loads(line)
+        assert list(record) == ["question_id", "answer_id", "model_id", "choices", "tstamp"]
+        assert len(record["choices"][0]["turns"]) == 2
+
+
+def test_sft_trained_on_annotated_labels(chain: tuple[Path, str]) -> None:
+    out, _ = chain
+    annotated = (out / "annotate" / "train.annotated.jsonl").read_text(encoding="utf-8").splitlines()
+    label = json.loads(annotated[0])["conversations"][1]["label"]
+    assert label.startswith("quality:") and label.count(":") == 9
+    cfg = (out / "train-sft" / "train-sft.config.yaml").read_text(encoding="utf-8")
+    assert "train.annotated.jsonl" in cfg
+
+
+def test_rerun_skips_finished_stages(chain: tuple[Path, str]) -> None:
+    out, _ = chain
+    res = ok(steerlm("run", f"output_dir={out}", *FAST))
+    assert res.stdout.count("already done") == 5
