@@ -51,6 +51,11 @@ def package_versions(names: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, str |
     return out
 
 
+def _level(value: Any) -> str:
+    """A requested attribute level: integral values without decimals."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else fmt(value)
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     """Formats a number for the report: ``—`` for ``None``, integers as is, floats with ``digits`` decimals."""
     if value is None:
@@ -100,7 +105,8 @@ def _steer_section(steer: Mapping[str, Any]) -> list[str]:
         lines += [f"### {name}", ""]
         header = ["requested", "n", "words", "tokens", "FK grade", "APM prediction"]
         rows = [
-            [fmt(lvl["requested"]), fmt(lvl["n"])] + [_mean_std(lvl[m]) for m in ("words", "tokens", "fk_grade", "apm")]
+            [_level(lvl["requested"]), fmt(lvl["n"])]
+            + [_mean_std(lvl[m]) for m in ("words", "tokens", "fk_grade", "apm")]
             for lvl in summary["levels"]
         ]
         lines += _table(header, rows)

@@ -56,6 +56,8 @@ def _allowed_numbers(obj, out):
             _allowed_numbers(value, out)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         out.update({fmt(obj), fmt(obj, 1), fmt(float(obj)), str(obj)})
+        if float(obj).is_integer():
+            out.add(str(int(obj)))  # requested steering levels are printed as integers
     return out
 
 
@@ -83,7 +85,7 @@ def test_sections_links_and_values(tmp_path):
     assert "```yaml\n" + CONFIG + "```" in text
     assert "| helpfulness | APM | 3 |" in text and "| helpfulness | train mean | 3 |" in text
     assert "No labelled held-out rows for: verbosity." in text
-    assert "| 0.000 | 1 | 2.000 ± 0.000 | 11.000 ± 0.000 |" in text  # requested 0: "Short one." = 2 words
+    assert "| 0 | 1 | 2.000 ± 0.000 | 11.000 ± 0.000 |" in text  # requested 0: "Short one." = 2 words
     assert f"| 1 | {fmt(results['truthfulqa']['mc1'])} | {fmt(results['truthfulqa']['mc2'])} |" in text
     assert "| 0.000 |" in text.split("## TruthfulQA")[1]  # MC1 0: "maybe" beats "yes"
     assert f"| {fmt(results['perplexity']['perplexity'])} |" in text
