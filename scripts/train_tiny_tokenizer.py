@@ -11,7 +11,7 @@
 
 Usage::
 
-    python scripts/train_tiny_tokenizer.py [--gpt2-source /work/shared/data/tokenizers/gpt2]
+    python scripts/train_tiny_tokenizer.py [--gpt2-source DIR_WITH_GPT2_VOCAB_JSON_AND_MERGES_TXT]
 """
 
 from __future__ import annotations
@@ -143,13 +143,22 @@ def build_gpt2(source: Path, out_dir: Path) -> None:
 def main() -> None:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpt2-source", type=Path, default=Path("/work/shared/data/tokenizers/gpt2"))
+    parser.add_argument(
+        "--gpt2-source",
+        type=Path,
+        default=None,
+        help="a folder with GPT-2's vocab.json and merges.txt to (re)build the packaged gpt2 folder from; "
+        "without it only the tiny tokenizer is rebuilt",
+    )
     parser.add_argument("--out-root", type=Path, default=OUT_ROOT)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:  # build aside, then move in place
         build_tiny(Path(tmp) / "steerlm_bpe_4k")
-        build_gpt2(args.gpt2_source, Path(tmp) / "gpt2")
-        for name in ("steerlm_bpe_4k", "gpt2"):
+        names = ["steerlm_bpe_4k"]
+        if args.gpt2_source is not None:
+            build_gpt2(args.gpt2_source, Path(tmp) / "gpt2")
+            names.append("gpt2")
+        for name in names:
             target = args.out_root / name
             if target.exists():
                 shutil.rmtree(target)
