@@ -12,36 +12,15 @@ from omegaconf import DictConfig
 
 from nemo_steerlm.models.sft import SteerLMSFTModel
 from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
-from nemo_steerlm.recipes.training import (
-    build_trainer,
-    check_layout,
-    init_weights,
-    relaunch_under_torchrun,
-    resolve_training_files,
-    resume_checkpoint,
-    set_model_data,
-)
+from nemo_steerlm.recipes.training import relaunch_under_torchrun, train_and_save, training_summary
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Trains, saves the ``.nemo`` and returns where it is with the final losses."""
-    check_layout(cfg)
-    train, val = resolve_training_files(cfg, output_dir, "sft")
-    if cfg.val_data is not None:
-        val = require_path(cfg, "val_data", "a held-out SFT JSONL")
-    set_model_data(cfg, train, val)
-    trainer = build_trainer(cfg, output_dir)
-    model = SteerLMSFTModel(cfg.model, trainer)
-    init_weights(model, cfg.preset.init_from)
-    trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
-    nemo_path = output_dir / "sft.nemo"
-    model.save_to(str(nemo_path))
+    """Trains, saves the ``.nemo`` and returns the summary (conversations skipped for lack of trained tokens)."""
+    val = require_path(cfg, "val_data", "a held-out SFT JSONL") if cfg.val_data is not None else None
+    model, trainer, nemo_path, _, _ = train_and_save(cfg, output_dir, SteerLMSFTModel, "sft", val)
     return {
-        "model": str(nemo_path),
-        "steps": int(trainer.global_step),
-        "last_logged": {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()},
-        "train_conversations": len(model.train_set),
-        "train_truncated": model.train_set.num_truncated,
+        **training_summary(model, trainer, nemo_path),
         "train_skipped_no_trained_tokens": model.train_set.num_skipped,
     }
 

@@ -124,3 +124,42 @@ def set_model_data(cfg: DictConfig, train: Path, val: Path | None) -> None:
     with open_dict(cfg):
         cfg.model.data.train = str(train)
         cfg.model.data.validation = str(val) if val is not None and val.stat().st_size > 0 else None
+
+
+def train_and_save(
+    cfg: DictConfig, output_dir: Path, model_cls: type, data_kind: str, val_override: Path | None = None
+) -> tuple[Any, Trainer, Path, Path, Path | None]:
+    """The body every training stage shares: check, resolve data, build, (init,) fit or resume, save ``.nemo``.
+
+    Args:
+        cfg: the stage config.
+        output_dir: the stage's folder.
+        model_cls: the NeMo model class to build from ``cfg.model``.
+        data_kind: ``regression`` or ``sft`` (which files of a ``prepare`` folder).
+        val_override: a validation file that replaces the one found from ``data``.
+
+    Returns:
+        ``(model, trainer, nemo_path, train_file, val_file)``.
+    """
+    check_layout(cfg)
+    train, val = resolve_training_files(cfg, output_dir, data_kind)
+    val = val_override or val
+    set_model_data(cfg, train, val)
+    trainer = build_trainer(cfg, output_dir)
+    model = model_cls(cfg.model, trainer)
+    init_weights(model, cfg.preset.init_from)
+    trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
+    nemo_path = output_dir / f"{model.model_kind}.nemo"
+    model.save_to(str(nemo_path))
+    return model, trainer, nemo_path, train, val
+
+
+def training_summary(model: Any, trainer: Trainer, nemo_path: Path) -> dict[str, Any]:
+    """The summary fields every training stage reports."""
+    return {
+        "model": str(nemo_path),
+        "steps": int(trainer.global_step),
+        "last_logged": {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()},
+        "train_samples": len(model.train_set),
+        "train_truncated": model.train_set.num_truncated,
+    }
