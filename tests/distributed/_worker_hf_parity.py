@@ -80,7 +80,8 @@ def main() -> None:
                 )
                 head = model.model.regression_head
                 hf.score.weight.data.copy_(head.weight)
-                theirs = hf.eval()(input_ids=tokens).logits + head.bias
+                assert head.bias is None  # like the score layer of HF sequence classification
+                theirs = hf.eval()(input_ids=tokens).logits
             else:
                 ours = gather_vocab(outs[0])[..., :vocab]
                 theirs = transformers.LlamaForCausalLM.from_pretrained(args.hf).eval()(input_ids=tokens).logits
