@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, USER_ROLE
+from nemo_steerlm.errors import UserError
 from nemo_steerlm.evaluation._io import atomic_write_text
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "eval" / "mt_bench"
@@ -59,7 +60,7 @@ def _read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]
             try:
                 rows.append((lineno, json.loads(line)))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
     return rows
 
 
@@ -80,12 +81,12 @@ def load_questions(
     questions = []
     for lineno, row in _read_jsonl(path):
         if not isinstance(row.get("question_id"), int):
-            raise ValueError(f"{path}:{lineno}: field `question_id` must be an integer")
+            raise UserError(f"{path}:{lineno}: field `question_id` must be an integer")
         if not isinstance(row.get("category"), str):
-            raise ValueError(f"{path}:{lineno}: field `category` must be a string")
+            raise UserError(f"{path}:{lineno}: field `category` must be a string")
         turns = row.get("turns")
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
-            raise ValueError(f"{path}:{lineno}: field `turns` must be a non-empty list of strings")
+            raise UserError(f"{path}:{lineno}: field `turns` must be a non-empty list of strings")
         questions.append(row)
     return questions[begin:end]
 
@@ -97,7 +98,7 @@ def load_judge_prompts(path: str | os.PathLike[str] | None = None) -> dict[str, 
     for lineno, row in _read_jsonl(path):
         missing = {"name", "type", "system_prompt", "prompt_template", "output_format"} - row.keys()
         if missing:
-            raise ValueError(f"{path}:{lineno}: judge prompt lacks fields {sorted(missing)}")
+            raise UserError(f"{path}:{lineno}: judge prompt lacks fields {sorted(missing)}")
         prompts[row["name"]] = row
     return prompts
 
@@ -265,7 +266,7 @@ class OpenAIChatJudge:
         if api_key_env is not None:
             self.api_key = os.environ.get(api_key_env)
             if not self.api_key:
-                raise ValueError(f"environment variable {api_key_env} (the judge's `api_key_env`) is not set")
+                raise UserError(f"environment variable {api_key_env} (the judge's `api_key_env`) is not set")
         self.timeout_s, self.max_retries, self.retry_sleep_s = timeout_s, max_retries, retry_sleep_s
         self.temperature, self.max_tokens, self.sleep = temperature, max_tokens, sleep
 

@@ -99,11 +99,30 @@ def mt_bench_generate_fn(sft: Any, label: str, params: SamplingParams) -> mt_ben
     return generate_fn
 
 
-def run_mt_bench(sft: Any, label: str, params: SamplingParams, answer_file: Path, model_id: str) -> dict[str, Any]:
-    """Answers all MT-Bench questions (both turns) in FastChat's ``model_answer`` format."""
+def run_mt_bench(
+    sft: Any,
+    label: str,
+    params: SamplingParams,
+    answer_file: Path,
+    model_id: str,
+    judge: mt_bench.OpenAIChatJudge | None = None,
+) -> dict[str, Any]:
+    """Answers all MT-Bench questions (both turns) in FastChat's ``model_answer`` format; grades them with ``judge``.
+
+    The judge (an OpenAI-compatible endpoint with FastChat's judge prompts) runs on global rank 0 only.
+    """
     questions = mt_bench.load_questions()
-    mt_bench.answer_questions(questions, mt_bench_generate_fn(sft, label, params), model_id, answer_file)
-    return {"answer_file": str(answer_file), "n_questions": len(questions), "judge": None}
+    answers = mt_bench.answer_questions(questions, mt_bench_generate_fn(sft, label, params), model_id, answer_file)
+    verdicts = None
+    if judge is not None and _global_rank() == 0:
+        verdicts = mt_bench.judge_answers(questions, answers, judge, judge_model=judge.model)
+    return {"answer_file": str(answer_file), "n_questions": len(questions), "judge": verdicts}
+
+
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def run_truthfulqa(sft: Any, label: str, max_questions: int | None) -> dict[str, Any]:

@@ -33,7 +33,22 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
         raise MissingInputError(f"data={data}: not a `prepare` output folder (no manifest.json)")
     if apm is not None and data is None:
         raise MissingInputError("APM metrics need data=PREPARED (a `prepare` output folder)")
+    if sft is not None and cfg.steerability.enabled and data is None:
+        raise MissingInputError(
+            "steerability needs held-out prompts: pass data=PREPARED (or steerability.enabled=false)"
+        )
     return sft, apm, data
+
+
+def _judge(cfg: DictConfig) -> Any:
+    """The optional MT-Bench judge client (``mt_bench.judge.enabled``), off by default."""
+    if not cfg.enabled:
+        return None
+    if cfg.base_url is None:
+        raise MissingInputError("mt_bench.judge.enabled=true needs mt_bench.judge.base_url=URL (OpenAI-compatible)")
+    from nemo_steerlm.evaluation.mt_bench import OpenAIChatJudge
+
+    return OpenAIChatJudge(str(cfg.base_url), str(cfg.model), str(cfg.api_key_env))
 
 
 def _sampling(cfg: DictConfig) -> Any:
@@ -42,7 +57,7 @@ def _sampling(cfg: DictConfig) -> Any:
     return SamplingParams(**OmegaConf.to_container(cfg.generation, resolve=True))
 
 
-def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict) -> dict:
+def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any) -> dict:
     """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model."""
     from nemo_steerlm.data.formats import read_sft_jsonl
     from nemo_steerlm.data.io import write_jsonl_atomic
@@ -52,8 +67,6 @@ def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: P
     params, label = _sampling(cfg), sft.schema.steer_label()
     val = data / "sft" / "val.jsonl" if data is not None else None
     if cfg.steerability.enabled:
-        if val is None:
-            raise MissingInputError("steerability needs held-out prompts: pass data=PREPARED")
         t = time.perf_counter()
         prompts = runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[: int(cfg.steerability.num_prompts)]
         attrs = [str(a) for a in cfg.steerability.attributes]
@@ -64,7 +77,12 @@ def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: P
     if cfg.mt_bench.enabled:
         t = time.perf_counter()
         results["mt_bench"] = runner.run_mt_bench(
-            sft, label, params, out / "mt_bench" / f"{cfg.mt_bench.model_id}.jsonl", str(cfg.mt_bench.model_id)
+            sft,
+            label,
+            params,
+            out / "mt_bench" / f"{cfg.mt_bench.model_id}.jsonl",
+            str(cfg.mt_bench.model_id),
+            judge,
         )
         timings["mt_bench"] = time.perf_counter() - t
     if cfg.truthfulqa.enabled:
@@ -103,6 +121,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from nemo_steerlm.models.checkpoint import restore_nemo
 
     sft_path, apm_path, data = _inputs(cfg)
+    judge = _judge(cfg.mt_bench.judge) if sft_path is not None and cfg.mt_bench.enabled else None
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"inputs": {"model": str(sft_path), "apm": str(apm_path), "data": str(data)}}
     timings: dict[str, float] = {}
@@ -116,7 +135,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         timings["apm_metrics"] = time.perf_counter() - t
     if sft_path is not None:
         sft = restore_nemo(sft_path, "sft")
-        sections = _sft_sections(cfg, sft, apm, data, output_dir, timings)
+        sections = _sft_sections(cfg, sft, apm, data, output_dir, timings, judge)
         plots = {**results.get("plots", {}), **sections.pop("plots", {})}
         results.update(sections, plots=plots)
     results["versions"], results["timings"] = package_versions(), {k: round(v, 2) for k, v in timings.items()}

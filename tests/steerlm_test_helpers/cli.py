@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,14 @@ import numpy as np
 HELPERS = Path(__file__).resolve().parent
 
 
-def steerlm(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`nemo-steerlm ARGS` with the venv's interpreter; output captured as text."""
+def steerlm(*args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`nemo-steerlm ARGS` with the venv's interpreter; output captured as text; ``env`` adds variables."""
     return subprocess.run(
-        [sys.executable, "-m", "nemo_steerlm.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "nemo_steerlm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
