@@ -27,16 +27,22 @@ STAGE_NAMES = {
 }
 
 
+def _stage_groups(stage: str) -> set[str]:
+    """The config groups a stage's YAML declares in its defaults list (of ``preset``, ``dataset``, ``attributes``)."""
+    from omegaconf import OmegaConf
+
+    from nemo_steerlm.recipes.common import CONF_DIR
+
+    conf = OmegaConf.load(Path(CONF_DIR) / f"{stage}.yaml")
+    defaults = conf.defaults if "defaults" in conf else []
+    names = {str(next(iter(d))) for d in defaults if OmegaConf.is_dict(d)}
+    return names & set(FORWARDED_GROUPS)
+
+
 def _forwarded(stage: str) -> list[str]:
-    """The user's preset/dataset/attributes overrides of ``run``, for stages whose config has those groups."""
-    given = [
-        o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in FORWARDED_GROUPS
-    ]
-    if stage in ("annotate",):
-        return []
-    if stage == "evaluate":
-        return [o for o in given if not o.lstrip("+~").startswith("dataset")]
-    return given
+    """The user's preset/dataset/attributes overrides of ``run``, for the stages whose config has those groups."""
+    groups = _stage_groups(stage)
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in groups]
 
 
 def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:

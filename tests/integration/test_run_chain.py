@@ -77,3 +77,13 @@ def test_rerun_skips_finished_stages(chain: tuple[Path, str]) -> None:
     out, _ = chain
     res = ok(steerlm("run", f"output_dir={out}", *FAST))
     assert res.stdout.count("already done") == 5
+
+
+def test_preset_reaches_only_the_stages_that_have_one(tmp_path: Path) -> None:
+    """`run preset=X` passes the preset to the model stages, not to `prepare` (whose config has no preset group)."""
+    out = tmp_path / "p"
+    ok(steerlm("run", "preset=llama2_7b", "stages=[prepare]", "dataset.val_fraction=0", f"output_dir={out}"))
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(out / "prepare" / "prepare.config.yaml")
+    assert cfg.dataset.val_fraction == 0 and "preset" not in cfg
