@@ -17,6 +17,7 @@ from nemo_steerlm.data.formats import read_regression_jsonl
 from nemo_steerlm.data.io import write_json_atomic, write_jsonl_atomic
 from nemo_steerlm.data.template import regression_response
 from nemo_steerlm.evaluation.apm_metrics import compute_apm_metrics, plot_apm
+from nemo_steerlm.megatron import parallel
 
 
 def _words(text: str) -> int:
@@ -29,13 +30,11 @@ def evaluate_apm(model: Any, eval_path: Path, train_path: Path, out_dir: Path) -
     Must be called on every rank; the files are written and the metrics returned on global rank 0 (``None``
     elsewhere).
     """
-    import torch.distributed as dist
-
     evals = read_regression_jsonl(eval_path, model.schema)
     trains = read_regression_jsonl(train_path, model.schema)
     preds = model.predict_dataset(model.regression_dataset(str(eval_path)))
     preds = model.broadcast_from_last_stage(preds)
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if not parallel.is_global_rank_zero():
         return None
     names = list(model.schema.names)
     targets = np.array([e.label for e in evals], dtype=np.float64)

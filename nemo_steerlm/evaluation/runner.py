@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, USER_ROLE, AttributeSchema
-from nemo_steerlm.data.datasets import RegressionDataset, SFTSample
+from nemo_steerlm.data.datasets import SFTSample
 from nemo_steerlm.data.template import Conversation, Turn, regression_text, render_prompt
 from nemo_steerlm.evaluation import mt_bench, steerability, truthfulqa
 from nemo_steerlm.evaluation.perplexity import perplexity
+from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.generation import SamplingParams, generate_full, prompt_conversation
 
 
@@ -35,9 +36,8 @@ def distinct_prompts(conversations: Sequence[Conversation]) -> list[Conversation
 
 def apm_scores(apm: Any, conversations: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
     """The APM's raw predictions ``[N, A]`` for each response as the next assistant turn of its conversation."""
-    records = [(regression_text(c, r), [0.0] * len(apm.schema)) for c, r in zip(conversations, responses, strict=True)]
-    dataset = RegressionDataset(records, apm.tokenizer, int(apm.cfg.seq_length), int(apm.cfg.max_context_tokens))
-    return apm.broadcast_from_last_stage(apm.predict_dataset(dataset))
+    texts = [regression_text(c, r) for c, r in zip(conversations, responses, strict=True)]
+    return apm.predict_texts(texts)[0]
 
 
 def run_steerability(
@@ -114,15 +114,9 @@ def run_mt_bench(
     questions = mt_bench.load_questions()
     answers = mt_bench.answer_questions(questions, mt_bench_generate_fn(sft, label, params), model_id, answer_file)
     verdicts = None
-    if judge is not None and _global_rank() == 0:
+    if judge is not None and parallel.is_global_rank_zero():
         verdicts = mt_bench.judge_answers(questions, answers, judge, judge_model=judge.model)
     return {"answer_file": str(answer_file), "n_questions": len(questions), "judge": verdicts}
-
-
-def _global_rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def run_truthfulqa(sft: Any, label: str, max_questions: int | None) -> dict[str, Any]:

@@ -133,3 +133,19 @@ def last_stage_global_rank() -> int:
 def is_global_rank_zero() -> bool:
     """Whether this is global rank 0 (or torch.distributed is not initialised)."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """A barrier over all ranks (nothing to wait for in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_data_parallel(items: list) -> list:
+    """Concatenates the lists of every data-parallel rank, in rank order (the list itself at DP = 1)."""
+    size = parallel_state.get_data_parallel_world_size()
+    if size == 1:
+        return list(items)
+    out: list = [None] * size
+    dist.all_gather_object(out, list(items), group=parallel_state.get_data_parallel_group())
+    return [x for part in out for x in part]

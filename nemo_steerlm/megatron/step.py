@@ -84,6 +84,34 @@ def _reduce_loss(forward_data_store: list[Any], loss_key: str) -> float:
     return total / count if count > 0 else 0.0
 
 
+def _schedule(
+    forward_step: ForwardStep,
+    model_chunks: Sequence[torch.nn.Module],
+    micro_batches: Sequence[Any],
+    seq_length: int,
+    micro_batch_size: int,
+    optimizer: MegatronOptimizer | None,
+    forward_only: bool,
+    collect_non_loss_data: bool = False,
+) -> list[Any]:
+    """Megatron's forward(-backward) schedule over the micro-batches, in train or eval mode; its data store."""
+    _configure(get_model_config(model_chunks[0]), model_chunks, optimizer)
+    for chunk in model_chunks:
+        chunk.train(not forward_only)
+    model = list(model_chunks) if len(model_chunks) > 1 else model_chunks[0]
+    with torch.no_grad() if forward_only else torch.enable_grad():
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro_batches),
+            model=model,
+            num_microbatches=len(micro_batches),
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            forward_only=forward_only,
+            collect_non_loss_data=collect_non_loss_data,
+        )
+
+
 def run_step(
     forward_step: ForwardStep,
     model_chunks: Sequence[torch.nn.Module],
@@ -118,26 +146,12 @@ def run_step(
         raise ValueError("run_step(forward_only=False) needs an optimizer")
     if not micro_batches:
         raise ValueError("run_step got no micro-batches")
-    config = get_model_config(model_chunks[0])
-    _configure(config, model_chunks, optimizer)
-    for chunk in model_chunks:
-        chunk.train(not forward_only)
     if not forward_only:
         for chunk in model_chunks:
             if hasattr(chunk, "zero_grad_buffer"):
                 chunk.zero_grad_buffer()
         optimizer.zero_grad()
-    model = list(model_chunks) if len(model_chunks) > 1 else model_chunks[0]
-    with torch.no_grad() if forward_only else torch.enable_grad():
-        store = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(micro_batches),
-            model=model,
-            num_microbatches=len(micro_batches),
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=forward_only,
-        )
+    store = _schedule(forward_step, model_chunks, micro_batches, seq_length, micro_batch_size, optimizer, forward_only)
     loss = _reduce_loss(store, loss_key)
     if forward_only:
         return StepResult(loss=loss)
@@ -175,20 +189,5 @@ def run_forward_collect(
     Returns:
         One entry per micro-batch on the last stage, ``[]`` elsewhere.
     """
-    config = get_model_config(model_chunks[0])
-    _configure(config, model_chunks, None)
-    for chunk in model_chunks:
-        chunk.eval()
-    model = list(model_chunks) if len(model_chunks) > 1 else model_chunks[0]
-    with torch.no_grad():
-        store = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(micro_batches),
-            model=model,
-            num_microbatches=len(micro_batches),
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=True,
-            collect_non_loss_data=True,
-        )
+    store = _schedule(forward_step, model_chunks, micro_batches, seq_length, micro_batch_size, None, True, True)
     return list(store) if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else []

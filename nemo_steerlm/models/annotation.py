@@ -24,14 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
 from nemo_steerlm.attributes import AttributeSchema
-from nemo_steerlm.data.datasets import RegressionDataset
 from nemo_steerlm.data.formats import sft_line
 from nemo_steerlm.data.io import sha256_file, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn, render_regression
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.megatron import parallel
 
 STATE_VERSION = 1
 
@@ -88,25 +86,20 @@ def annotate_conversations(
         batch_size: samples per prediction batch (per data-parallel rank); default the model's.
 
     Returns:
-        ``(SFT JSONL lines, assistant turns, truncated turns)``, the same on every rank (the labels are sent from
-        the last pipeline stage to the others).
+        ``(SFT JSONL lines, assistant turns, truncated turns)``, the same on every rank.
     """
     schema: AttributeSchema = model.schema
     requests = [(c, t, text) for c, conv in enumerate(conversations) for t, text in assistant_turn_texts(conv, schema)]
-    records = [(text, [0.0] * len(schema)) for _, _, text in requests]
-    dataset = RegressionDataset(
-        records, model.tokenizer, int(model.gpt_config.seq_length), int(model.cfg.max_context_tokens)
-    )
-    labels: list[str] | None = []
+    labels: list[str] = []
+    truncated = 0
     if requests:
-        preds = model.predict_dataset(dataset, batch_size)
-        labels = None if preds is None else [schema.format_label(schema.from_predictions(p.tolist())) for p in preds]
-        labels = model.broadcast_from_last_stage(labels)
+        preds, truncated = model.predict_texts([text for _, _, text in requests], batch_size)
+        labels = [schema.format_label(schema.from_predictions(p.tolist())) for p in preds]
     per_conv: list[dict[int, str]] = [{} for _ in conversations]
     for (c, t, _), label in zip(requests, labels, strict=True):
         per_conv[c][t] = label
     lines = [sft_line(apply_labels(conv, per_conv[c])) for c, conv in enumerate(conversations)]
-    return lines, len(requests), dataset.num_truncated
+    return lines, len(requests), truncated
 
 
 def shard_range(total: int, shard_index: int, num_shards: int) -> tuple[int, int]:
@@ -116,15 +109,6 @@ def shard_range(total: int, shard_index: int, num_shards: int) -> tuple[int, int
     if not 0 <= shard_index < num_shards:
         raise UserError(f"shard_index={shard_index}: must be in [0, {num_shards - 1}] (num_shards={num_shards})")
     return total * shard_index // num_shards, total * (shard_index + 1) // num_shards
-
-
-def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _load_or_start_state(state_dir: Path, identity: dict[str, Any]) -> None:
@@ -170,9 +154,9 @@ def run_chunks(
     """
     if chunk_size < 1:
         raise UserError(f"chunk_size={chunk_size}: must be at least 1")
-    if _rank0():
+    if parallel.is_global_rank_zero():
         _load_or_start_state(state_dir, identity)
-    _barrier()
+    parallel.barrier()
     paths, turns, truncated, resumed = [], 0, 0, 0
     for start in range(0, len(conversations), chunk_size):
         end = min(start + chunk_size, len(conversations))
@@ -186,9 +170,9 @@ def run_chunks(
         else:
             lines, n_turns, n_trunc = annotate_conversations(model, conversations[start:end], batch_size)
             turns, truncated = turns + n_turns, truncated + n_trunc
-            if _rank0():
+            if parallel.is_global_rank_zero():
                 _commit_chunk(path, lines, {"turns": n_turns, "truncated": n_trunc})
-            _barrier()
+            parallel.barrier()
         if progress is not None:
             progress(end - start)
     stats = AnnotationStats(len(conversations), turns, truncated, len(paths), resumed)

@@ -113,6 +113,18 @@ class AttributePredictionModel(MegatronGPTBase):
             out[i] = row
         return out
 
+    def predict_texts(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, int]:
+        """Raw scores ``[N, A]`` of regression texts (ending at ``<extra_id_2>``), on every rank.
+
+        Returns the scores and how many texts were cut from the left to fit (the read-out always survives).
+        """
+        records = [(text, [MASK_VALUE] * len(self.schema)) for text in texts]
+        dataset = RegressionDataset(
+            records, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens)
+        )
+        preds = self.broadcast_from_last_stage(self.predict_dataset(dataset, batch_size))
+        return preds, dataset.num_truncated
+
     def on_validation_epoch_start(self) -> None:
         """Starts collecting predictions."""
         self._val_preds: list[np.ndarray] = []

@@ -247,11 +247,7 @@ class MegatronGPTBase(ModelPT):
     @staticmethod
     def gather_data_parallel(items: Sequence[Any]) -> list[Any]:
         """Concatenates the lists of every data-parallel rank, in rank order."""
-        if parallel_state.get_data_parallel_world_size() == 1:
-            return list(items)
-        out: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
-        dist.all_gather_object(out, list(items), group=parallel_state.get_data_parallel_group())
-        return [x for part in out for x in part]
+        return parallel.gather_data_parallel(list(items))
 
     def model_summary(self) -> dict[str, Any]:
         """Shape, layout and parameter count (this rank's shard) for logs and reports."""

@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
 from hydra.utils import get_class
 from megatron.core import dist_checkpointing
 from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
@@ -33,21 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from nemo_steerlm import __version__
 from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT
 from nemo_steerlm.errors import MissingInputError, UserError
+from nemo_steerlm.megatron import parallel
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_DIR = "model_weights"
 TOKENIZER_DIR = "tokenizer"
 META_NAME = "steerlm.json"
 KIND_NAMES = {"apm": "attribute prediction model (train-apm)", "sft": "SteerLM SFT model (train-sft)"}
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
@@ -57,13 +48,13 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path).resolve()
     staging = path.with_name(f".{path.name}.staging")
-    if _rank() == 0:
+    if parallel.is_global_rank_zero():
         shutil.rmtree(staging, ignore_errors=True)
         (staging / WEIGHTS_DIR).mkdir(parents=True)
-    _barrier()
+    parallel.barrier()
     dist_checkpointing.save(model.model.sharded_state_dict(), str(staging / WEIGHTS_DIR))
-    _barrier()
-    if _rank() == 0:
+    parallel.barrier()
+    if parallel.is_global_rank_zero():
         cfg = OmegaConf.create(OmegaConf.to_container(model.cfg, resolve=True))
         cfg.tokenizer.path = TOKENIZER_DIR
         (staging / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
@@ -87,7 +78,7 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
                 tar.add(item, arcname=item.name)
         os.replace(tmp, path)
         shutil.rmtree(staging, ignore_errors=True)
-    _barrier()
+    parallel.barrier()
     return path
 
 

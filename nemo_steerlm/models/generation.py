@@ -32,6 +32,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 from nemo_steerlm.attributes import ASSISTANT_ROLE, TURN_MARKER
 from nemo_steerlm.data.template import Conversation, render_prompt
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.megatron import parallel
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ def _broadcast_tokens(chosen: torch.Tensor | None, batch: int) -> torch.Tensor:
     return out
 
 
+#: tokens decoded per step to look for the stop text (far more than any marker needs)
+STOP_WINDOW = 32
+
+
 class _BatchState:
     """Per-sequence bookkeeping of one batch: tokens so far, stop checks."""
 
@@ -185,16 +190,26 @@ class _BatchState:
             token = int(chosen[i])
             self.tokens[i, position] = token
             result.token_ids.append(token)
-            text = self.tokenizer.decode(result.token_ids, skip_special_tokens=False)
-            cut = text.find(self.params.stop_text) if self.params.stop_text else -1
-            if cut >= 0:
-                result.text, result.stop_reason, self.done[i] = text[:cut], "stop_text", True
+            if self._stop_text_in_tail(result.token_ids):
+                text = self._decode(result.token_ids)
+                result.text = text[: text.find(self.params.stop_text)]
+                result.stop_reason, self.done[i] = "stop_text", True
             elif self.eos is not None and token == self.eos:
-                ids = result.token_ids[:-1]
-                result.text, result.stop_reason = self.tokenizer.decode(ids, skip_special_tokens=False), "eos"
+                result.text, result.stop_reason = self._decode(result.token_ids[:-1]), "eos"
                 self.done[i] = True
             elif len(result.token_ids) >= self.params.max_new_tokens:
-                result.text, self.done[i] = text, True
+                result.text, self.done[i] = self._decode(result.token_ids), True
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _stop_text_in_tail(self, ids: list[int]) -> bool:
+        """Whether the stop text appears in the last :data:`STOP_WINDOW` tokens.
+
+        Decoding only the tail keeps each step's check constant-time; a marker spans a handful of tokens even where
+        it is plain text.
+        """
+        return bool(self.params.stop_text) and self.params.stop_text in self._decode(ids[-STOP_WINDOW:])
 
 
 def generate_batch(
@@ -246,14 +261,6 @@ def _data_parallel_share(order: list[int]) -> list[int]:
     return order[rank::size]
 
 
-def _gather(items: list[tuple[int, Generation]]) -> list[tuple[int, Generation]]:
-    if parallel_state.get_data_parallel_world_size() == 1:
-        return items
-    out: list[Any] = [None] * parallel_state.get_data_parallel_world_size()
-    dist.all_gather_object(out, items, group=parallel_state.get_data_parallel_group())
-    return [x for part in out for x in part]
-
-
 def length_batches(order: list[int], lengths: list[int], batch_size: int, max_spread: int) -> list[list[int]]:
     """Cuts length-sorted prompt indices into batches of at most ``batch_size`` whose lengths differ by ``max_spread``.
 
@@ -301,7 +308,7 @@ def generate_ids(
             gen.prompt_truncated = len(prompts[i]) > limit
             results.append((i, gen))
     ordered: list[Generation | None] = [None] * len(prompts)
-    for i, gen in _gather(results):
+    for i, gen in parallel.gather_data_parallel(results):
         ordered[i] = gen
     return [g for g in ordered if g is not None]
 

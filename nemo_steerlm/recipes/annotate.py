@@ -18,7 +18,7 @@ from tqdm import tqdm
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.io import sha256_file, write_json_atomic
-from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
+from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
 from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 STATE_DIR = ".annotate_state"
@@ -32,10 +32,6 @@ def output_name(data: Path) -> str:
 
 def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
@@ -83,7 +79,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     identity = annotation.job_identity(model_path, data, int(cfg.chunk_size), (shard_index, num_shards))
     model = _restore(model_path, cfg)
     mine = conversations[start:end]
-    bar = tqdm(total=len(mine), unit="row", desc="annotate", disable=not (bool(cfg.progress) and _is_rank0()))
+    bar = tqdm(total=len(mine), unit="row", desc="annotate", disable=not (bool(cfg.progress) and is_global_rank_zero()))
     paths, stats = annotation.run_chunks(
         model,
         mine,
@@ -94,7 +90,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         progress=bar.update,
     )
     bar.close()
-    rows = _finish(paths, target, state_dir, identity, (start, end, num_shards)) if _is_rank0() else len(mine)
+    rows = _finish(paths, target, state_dir, identity, (start, end, num_shards)) if is_global_rank_zero() else len(mine)
     return {
         "output": str(target),
         "rows": rows,

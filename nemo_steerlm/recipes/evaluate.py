@@ -60,7 +60,7 @@ def _sampling(cfg: DictConfig) -> Any:
 def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any) -> dict:
     """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model."""
     from nemo_steerlm.data.formats import read_sft_jsonl
-    from nemo_steerlm.data.io import write_jsonl_atomic
+    from nemo_steerlm.data.io import dump_json_line, write_jsonl_atomic
     from nemo_steerlm.evaluation import runner
 
     results: dict[str, Any] = {}
@@ -71,7 +71,7 @@ def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: P
         prompts = runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[: int(cfg.steerability.num_prompts)]
         attrs = [str(a) for a in cfg.steerability.attributes]
         res, records = runner.run_steerability(sft, apm, prompts, attrs, list(cfg.steerability.levels), params, out)
-        write_jsonl_atomic(out / "steer_responses.jsonl", (json_line(r) for r in records))
+        write_jsonl_atomic(out / "steer_responses.jsonl", (dump_json_line(r) for r in records))
         results["steerability"], timings["steerability"] = res, time.perf_counter() - t
         results.setdefault("plots", {})["steerability"] = "steerability.png"
     if cfg.mt_bench.enabled:
@@ -105,13 +105,6 @@ def stage_timings(run_dir: Path) -> dict[str, float]:
         data = json.loads(summary.read_text(encoding="utf-8"))
         out[f"stage {data['stage']}"] = float(data["seconds"])
     return out
-
-
-def json_line(obj: Any) -> str:
-    """One JSON line (UTF-8 kept)."""
-    import json
-
-    return json.dumps(obj, ensure_ascii=False)
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
