@@ -96,6 +96,13 @@ class AttributeSchema:
             raise LabelError(f"`attributes.drop` names {sorted(unknown)} which are not in `attributes.names`")
         return cls(tuple(n for n in names if n not in dropped), min_value, max_value)
 
+    def subset(self, names: Iterable[str]) -> AttributeSchema:
+        """The schema restricted to ``names`` (kept in this schema's order; each must be in it)."""
+        wanted = set(names)
+        for name in wanted:
+            self.index(name)
+        return AttributeSchema(tuple(n for n in self.names if n in wanted), self.min_value, self.max_value)
+
     def __len__(self) -> int:
         return len(self.names)
 

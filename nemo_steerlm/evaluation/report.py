@@ -116,6 +116,11 @@ def _steer_section(steer: Mapping[str, Any]) -> list[str]:
             + ", ".join(f"{m} {fmt(rho[m])}" for m in ("words", "tokens", "fk_grade", "apm")),
             "",
         ]
+        within = summary.get("spearman_within_prompt") or {}
+        if any(within.values()):
+            parts = [f"{m} {fmt(within[m]['mean'])}" for m in ("words", "tokens", "fk_grade", "apm") if within.get(m)]
+            prompts = max(w["prompts"] for w in within.values() if w)
+            lines += [f"Within-prompt Spearman, mean over {prompts} prompts: " + ", ".join(parts), ""]
     return lines
 
 

@@ -53,7 +53,7 @@ def run_steerability(
 
     Returns the steerability results and one record per generated response (for ``steer_responses.jsonl``).
     """
-    schema: AttributeSchema = sft.schema
+    schema: AttributeSchema = sft.labelled_schema
     sweeps: dict[str, list[steerability.SteerSample]] = {}
     records: list[dict[str, Any]] = []
     for attribute in attributes:
@@ -65,7 +65,9 @@ def run_steerability(
         preds = apm_scores(apm, convs, texts)[:, apm.schema.index(attribute)] if apm is not None else None
         requested = [v for v in values for _ in prompts]
         sweeps[attribute] = [
-            steerability.SteerSample(float(req), g.text, None if preds is None else float(preds[i]), len(g.token_ids))
+            steerability.SteerSample(
+                float(req), g.text, None if preds is None else float(preds[i]), len(g.token_ids), i % len(prompts)
+            )
             for i, (req, g) in enumerate(zip(requested, gens, strict=True))
         ]
         records += [
@@ -74,6 +76,7 @@ def run_steerability(
                 "requested": req,
                 "label": lab,
                 "prompt_index": i % len(prompts),
+                "prompt": prompts[i % len(prompts)].turns[-1].value,
                 "response": g.text,
                 "tokens": len(g.token_ids),
                 "stop_reason": g.stop_reason,

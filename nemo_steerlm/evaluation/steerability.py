@@ -15,7 +15,10 @@ token count. For every response we measure:
 Per requested level we report mean and population standard deviation (``ddof=0``) of each measure, and per
 attribute the Spearman rank correlation between the requested value and each measure, computed over the individual
 responses (not over the level means, which would have as few points as levels), on the responses where the measure
-exists; ``None`` when it is undefined (fewer than two responses, or a constant side).
+exists; ``None`` when it is undefined (fewer than two responses, or a constant side). Prompts differ far more from
+each other than one prompt's answers at two levels do, so when the responses carry their prompt we also report the
+within-prompt Spearman: per prompt, the correlation between its requested levels and its responses' measure, averaged
+over the prompts where it is defined (does asking for more move *this* answer?).
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ class SteerSample:
         text: the generated response.
         apm_prediction: the APM prediction of the swept attribute for ``text``, if computed.
         tokens: the number of generated tokens, if known.
+        prompt: which prompt the response answers (for the within-prompt Spearman), if known.
     """
 
     requested: float
     text: str
     apm_prediction: float | None = None
     tokens: int | None = None
+    prompt: int | None = None
 
 
 def sweep_labels(
@@ -97,8 +102,8 @@ def fk_grade(text: str) -> float:
 def _as_sample(item: SteerSample | Sequence[Any]) -> SteerSample:
     if isinstance(item, SteerSample):
         return item
-    if not 2 <= len(item) <= 4:
-        raise ValueError(f"a sweep item is (requested, text[, apm_prediction[, tokens]]), got {item!r}")
+    if not 2 <= len(item) <= 5:
+        raise ValueError(f"a sweep item is (requested, text[, apm_prediction[, tokens[, prompt]]]), got {item!r}")
     return SteerSample(*item)
 
 
@@ -112,6 +117,7 @@ def measure_response(sample: SteerSample) -> dict[str, Any]:
         "tokens": None if sample.tokens is None else int(sample.tokens),
         "fk_grade": fk_grade(sample.text),
         "apm": None if sample.apm_prediction is None else float(sample.apm_prediction),
+        "prompt": sample.prompt,
     }
 
 
@@ -131,6 +137,19 @@ def _spearman(xs: list[float], ys: list[float]) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _within_prompt_spearman(rows: list[dict[str, Any]], measure: str) -> dict[str, Any] | None:
+    """Mean over prompts of Spearman(requested, measure) among one prompt's responses; ``None`` without prompts."""
+    by_prompt: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["prompt"] is not None and row[measure] is not None:
+            by_prompt.setdefault(int(row["prompt"]), []).append(row)
+    values = [_spearman([r["requested"] for r in g], [r[measure] for r in g]) for g in by_prompt.values()]
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return None
+    return {"mean": float(np.mean(defined)), "prompts": len(defined), "undefined": len(values) - len(defined)}
+
+
 def summarise_sweep(items: Sequence[SteerSample | Sequence[Any]]) -> dict[str, Any]:
     """Per-response measures, per-level mean/std and Spearman(requested, measure) for one swept attribute.
 
@@ -139,7 +158,8 @@ def summarise_sweep(items: Sequence[SteerSample | Sequence[Any]]) -> dict[str, A
 
     Returns:
         ``{"n", "levels": [{"requested", "n", words/tokens/fk_grade/apm: {"mean","std"} | None}],
-        "spearman": {measure: float | None}, "responses": [per-response measures]}``.
+        "spearman": {measure: float | None}, "spearman_within_prompt": {measure: {"mean", "prompts",
+        "undefined"} | None}, "responses": [per-response measures]}``.
     """
     rows = [measure_response(_as_sample(item)) for item in items]
     if not rows:
@@ -155,7 +175,8 @@ def summarise_sweep(items: Sequence[SteerSample | Sequence[Any]]) -> dict[str, A
     for measure in MEASURES:
         have = [row for row in rows if row[measure] is not None]
         spearman[measure] = _spearman([r["requested"] for r in have], [r[measure] for r in have])
-    return {"n": len(rows), "levels": levels, "spearman": spearman, "responses": rows}
+    within = {measure: _within_prompt_spearman(rows, measure) for measure in MEASURES}
+    return {"n": len(rows), "levels": levels, "spearman": spearman, "spearman_within_prompt": within, "responses": rows}
 
 
 def compute_steerability(sweeps: Mapping[str, Sequence[SteerSample | Sequence[Any]]]) -> dict[str, Any]:

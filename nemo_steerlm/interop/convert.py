@@ -351,7 +351,7 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     dtype = next(model.model.parameters()).dtype
     summary = _write_hf_model(model, kind, full, dtype, out)
     tok = model.tokenizer
-    tok.chat_template = steerlm_chat_template(model.schema.steer_label())
+    tok.chat_template = steerlm_chat_template(model.labelled_schema.steer_label())
     tok.save_pretrained(str(out), save_jinja_files=False)  # the template goes into tokenizer_config.json
     meta = {
         "kind": kind,
@@ -359,7 +359,8 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         "value_range": [model.schema.min_value, model.schema.max_value],
         "markers": list(MARKERS),
         "system_prompt": SYSTEM_PROMPT,
-        "default_steer_label": model.schema.steer_label(),
+        "labelled_attributes": list(model.labelled_schema.names),
+        "default_steer_label": model.labelled_schema.steer_label(),
         "source": str(Path(nemo_path).resolve()),
     }
     (out / "steerlm.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

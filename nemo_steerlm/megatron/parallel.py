@@ -25,6 +25,17 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def device() -> torch.device:
+    """The device this rank computes on: its CUDA device on GPU, the CPU otherwise (also for NCCL tensors)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A micro-batch's tensors on :func:`device` (a no-op where Lightning already moved them)."""
+    target = device()
+    return {k: v.to(target, non_blocking=True) for k, v in batch.items()}
+
+
 def init_distributed(backend: str | None = None, timeout_minutes: int = 30) -> None:
     """Initialise ``torch.distributed`` if it is not yet, from the environment or as a world of one.
 
@@ -38,6 +49,9 @@ def init_distributed(backend: str | None = None, timeout_minutes: int = 30) -> N
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # fp32 parameters then multiply in TF32 on the tensor cores (megatron's fp32 runs do the same)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
         return

@@ -28,6 +28,8 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
+from nemo_steerlm.megatron import parallel
+
 ForwardStep = Callable[[Any, torch.nn.Module], tuple[Any, Callable[..., Any]]]
 
 
@@ -69,8 +71,7 @@ def _reduce_loss(forward_data_store: list[Any], loss_key: str) -> float:
                 totals += value
             else:
                 totals += torch.stack([value[0], torch.ones((), dtype=torch.float64)])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    totals = totals.to(device)
+    totals = totals.to(parallel.device())
     if dist.is_initialized():
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())

@@ -2,9 +2,10 @@
 
 Each assistant turn is read exactly as :func:`~nemo_steerlm.data.template.render_regression` renders it (the
 conversation up to and including the turn, then ``<extra_id_2>``), whatever label it carried before; the model's
-scores are clipped to the schema's range and rounded half to even, and the turn's label becomes every attribute of
-the schema (``schema.format_label(schema.from_predictions(p))``). Over-long conversations are cut from the left
-(the read-out survives) and counted.
+scores are clipped to the schema's range and rounded half to even, and the turn's label becomes every attribute the
+APM was trained with labels for (its ``labelled_schema``: all nine for HelpSteer + OpenAssistant, the five HelpSteer
+ones for HelpSteer alone; an output that never met a label is not a prediction). Over-long conversations are cut from
+the left (the read-out survives) and counted.
 
 Work is committed in chunks of conversations, each chunk file written atomically into a state folder, so a killed
 run resumes where it stopped; the final file is the concatenation of the chunks, written atomically. The result does
@@ -89,12 +90,14 @@ def annotate_conversations(
         ``(SFT JSONL lines, assistant turns, truncated turns)``, the same on every rank.
     """
     schema: AttributeSchema = model.schema
+    written = model.labelled_schema  # attributes the APM never saw labels for are not written
     requests = [(c, t, text) for c, conv in enumerate(conversations) for t, text in assistant_turn_texts(conv, schema)]
     labels: list[str] = []
     truncated = 0
     if requests:
         preds, truncated = model.predict_texts([text for _, _, text in requests], batch_size)
-        labels = [schema.format_label(schema.from_predictions(p.tolist())) for p in preds]
+        scores = [schema.from_predictions(p.tolist()) for p in preds]
+        labels = [written.format_label({n: v for n, v in s.items() if n in written}) for s in scores]
     per_conv: list[dict[int, str]] = [{} for _ in conversations]
     for (c, t, _), label in zip(requests, labels, strict=True):
         per_conv[c][t] = label

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from nemo_steerlm.attributes import MASK_VALUE
 from nemo_steerlm.data.datasets import RegressionDataset, collate_regression
 from nemo_steerlm.data.formats import read_regression_jsonl
+from nemo_steerlm.megatron import parallel
 from nemo_steerlm.megatron.step import run_forward_collect
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.heads import RegressionGPTModel, masked_squared_error
@@ -39,7 +40,7 @@ class AttributePredictionModel(MegatronGPTBase):
 
     def forward_step(self, data_iterator: Any, model: torch.nn.Module) -> tuple[Any, Any]:
         """Runs one micro-batch; the loss is the summed squared error and the number of labelled entries."""
-        mb = next(data_iterator)
+        mb = parallel.to_device(next(data_iterator))
         output = model(mb["tokens"], mb["position_ids"], None, last_token_index=mb["last_index"])
         labels = mb["labels"]
 
@@ -64,6 +65,12 @@ class AttributePredictionModel(MegatronGPTBase):
     def train_dataloader(self) -> DataLoader:
         """Training batches from ``model.data.train``."""
         self.train_set = self.regression_dataset(str(self._cfg.data.train))
+        self.record_labelled_attributes(
+            name
+            for sample in self.train_set.samples
+            for name, value in zip(self.schema.names, sample.labels, strict=True)
+            if value != MASK_VALUE
+        )
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -137,7 +144,7 @@ class AttributePredictionModel(MegatronGPTBase):
         preds = self.predict_batch(batch)
         if preds is not None:
             self._val_preds.extend(preds.numpy())
-            self._val_labels.extend(batch["labels"].numpy())
+            self._val_labels.extend(batch["labels"].cpu().numpy())
 
     def on_validation_epoch_end(self) -> None:
         """Gathers predictions over data-parallel ranks and logs the validation loss and per-attribute MAE."""

@@ -9,7 +9,7 @@ Subclasses supply the network class, the batches and the loss.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -19,7 +19,7 @@ from megatron.core import parallel_state
 from nemo.core.classes import ModelPT
 from nemo.core.classes import common as nemo_common
 from nemo.utils.app_state import AppState
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from nemo_steerlm.attributes import AttributeSchema
@@ -107,6 +107,24 @@ class MegatronGPTBase(ModelPT):
         self.automatic_optimization = False
         self._ddp_chunks: list[torch.nn.Module] = []
         self.last_step: StepResult | None = None
+
+    # --- the attributes training saw ---------------------------------------------------------------------------
+    @property
+    def labelled_schema(self) -> AttributeSchema:
+        """The attributes with labels in this model's training data (the whole schema when none were recorded).
+
+        An APM trained on HelpSteer alone has outputs for the OASST attributes that never met a label; an SFT model
+        trained on its annotations never saw those names in a prompt. Annotation writes, and steering asks for,
+        only these attributes.
+        """
+        names = self._cfg.get("labelled_attributes")
+        return self.schema.subset(names) if names else self.schema
+
+    def record_labelled_attributes(self, names: Iterable[str]) -> None:
+        """Stores the attributes seen in training labels in the model config (and so in the ``.nemo``)."""
+        seen = set(names)
+        with open_dict(self._cfg):
+            self._cfg.labelled_attributes = [n for n in self.schema.names if n in seen]
 
     # --- what subclasses provide -------------------------------------------------------------------------------
     def network_class(self) -> type:

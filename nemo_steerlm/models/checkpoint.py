@@ -62,6 +62,7 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
         meta = {
             "kind": model.model_kind,
             "attributes": list(model.schema.names),
+            "labelled_attributes": list(model.labelled_schema.names),
             "value_range": [model.schema.min_value, model.schema.max_value],
             "markers": list(MARKERS),
             "system_prompt": SYSTEM_PROMPT,

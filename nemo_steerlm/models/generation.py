@@ -131,8 +131,10 @@ def _pipeline_forward(
     first = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     config = module.config
+    tokens, positions = tokens.to(parallel.device()), positions.to(parallel.device())
     if pp > 1 and not first:
-        hidden = torch.empty(tokens.shape[1], tokens.shape[0], config.hidden_size, dtype=config.pipeline_dtype)
+        shape = (tokens.shape[1], tokens.shape[0], config.hidden_size)
+        hidden = torch.empty(shape, dtype=config.pipeline_dtype, device=parallel.device())
         dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
         module.set_input_tensor(hidden)
     out = module(tokens, positions, None, inference_context=context, runtime_gather_output=True)
@@ -143,9 +145,9 @@ def _pipeline_forward(
 
 
 def _broadcast_tokens(chosen: torch.Tensor | None, batch: int) -> torch.Tensor:
-    """Sends the last stage's chosen tokens to every stage (and tensor-parallel rank 0's to its peers)."""
+    """Sends the last stage's chosen tokens to every stage (and tensor-parallel rank 0's to its peers); on the CPU."""
     out = chosen if chosen is not None else torch.zeros(batch, dtype=torch.long)
-    out = out.to(torch.long).contiguous()
+    out = out.to(device=parallel.device(), dtype=torch.long).contiguous()
     if (
         parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         and parallel_state.get_tensor_model_parallel_world_size() > 1
@@ -161,7 +163,7 @@ def _broadcast_tokens(chosen: torch.Tensor | None, batch: int) -> torch.Tensor:
             src=parallel_state.get_pipeline_model_parallel_last_rank(),
             group=parallel_state.get_pipeline_model_parallel_group(),
         )
-    return out
+    return out.cpu()
 
 
 #: tokens decoded per step to look for the stop text (far more than any marker needs)
@@ -298,7 +300,7 @@ def generate_ids(
     cut = [list(p[-limit:]) for p in prompts]
     order = sorted(range(len(cut)), key=lambda i: (len(cut[i]), i))
     mine = _data_parallel_share(order)
-    generator = torch.Generator().manual_seed(params.seed)
+    generator = torch.Generator(device=parallel.device()).manual_seed(params.seed)
     results: list[tuple[int, Generation]] = []
     for idx in length_batches(mine, [len(c) for c in cut], params.batch_size, max(params.max_new_tokens // 2, 8)):
         batch = generate_batch(
@@ -318,7 +320,7 @@ def resolve_labels(
 ) -> list[str | None]:
     """One label per conversation: a single label for all, one each, or the schema's default steering label."""
     if labels is None or isinstance(labels, str):
-        label = model.schema.steer_label() if labels is None else labels
+        label = model.labelled_schema.steer_label() if labels is None else labels
         return [label] * len(conversations)
     labels = list(labels)
     if len(labels) != len(conversations):
@@ -355,7 +357,8 @@ def generate(
         conversations: conversations ending with a user turn (multi-turn allowed); use :func:`prompt_conversation`
             to strip a trailing assistant turn.
         labels: the steering label ``"name:value,..."`` for every prompt, a list with one label (or ``None`` = no
-            label block) per conversation, or ``None`` for the schema's default steering label.
+            label block) per conversation, or ``None`` for the default steering label of the attributes the model was
+            trained with.
         params: sampling settings (default: sampling at temperature 1, 128 new tokens).
 
     Returns:

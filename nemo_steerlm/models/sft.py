@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nemo_steerlm.data.datasets import PackedSFTDataset, SFTDataset, SFTSample, collate_sft
 from nemo_steerlm.data.formats import read_sft_jsonl
+from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
 
@@ -30,7 +31,7 @@ class SteerLMSFTModel(MegatronGPTBase):
 
     def forward_step(self, data_iterator: Any, model: torch.nn.Module) -> tuple[Any, Any]:
         """Runs one micro-batch; the loss is the masked token cross-entropy sum and the trained-token count."""
-        mb = next(data_iterator)
+        mb = parallel.to_device(next(data_iterator))
         output = model(mb["tokens"], mb["position_ids"], mb.get("attention_mask"), labels=mb["labels"])
         mask = mb["loss_mask"]
 
@@ -58,6 +59,7 @@ class SteerLMSFTModel(MegatronGPTBase):
     def train_dataloader(self) -> DataLoader:
         """Training batches from ``model.data.train`` (packed when ``model.data.packing``)."""
         self.train_set = self.sft_dataset(str(self._cfg.data.train))
+        self.record_labelled_attributes(self.train_set.label_names)
         return self._loader(self._maybe_packed(self.train_set), train=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -72,11 +74,16 @@ class SteerLMSFTModel(MegatronGPTBase):
         """Starts accumulating summed NLL and token counts."""
         self._val_nll: list[tuple[float, float]] = []
 
-    def sequence_nll(self, batch: dict[str, torch.Tensor]) -> list[tuple[float, float]] | None:
-        """Per-sequence ``(summed NLL, trained tokens)`` of a batch (last pipeline stage; ``None`` elsewhere)."""
+    def sequence_nll(
+        self, batch: dict[str, torch.Tensor], micro_batch_size: int | None = None
+    ) -> list[tuple[float, float]] | None:
+        """Per-sequence ``(summed NLL, trained tokens)`` of a batch (last pipeline stage; ``None`` elsewhere).
+
+        Forward passes of ``micro_batch_size`` sequences (default: the training micro-batch size).
+        """
         from nemo_steerlm.megatron.step import run_forward_collect
 
-        size = int(self._cfg.micro_batch_size)
+        size = micro_batch_size or int(self._cfg.micro_batch_size)
         n = batch["tokens"].shape[0]
         out: list[tuple[float, float]] = []
         for start in range(0, n, size):
@@ -106,13 +113,18 @@ class SteerLMSFTModel(MegatronGPTBase):
 
     # --- scoring for evaluation ------------------------------------------------------------------------------------
     def score_samples(self, samples: list[SFTSample], batch_size: int = 16) -> list[tuple[float, float]]:
-        """``(summed NLL, trained tokens)`` of each sample, in order, on every rank (length-sorted batches)."""
+        """``(summed NLL, trained tokens)`` of each sample, in order, on every rank.
+
+        Length-sorted batches of ``batch_size``, each one forward pass (no activations are kept for backward, so the
+        training micro-batch size does not bound it; fewer, larger passes matter where kernel launches dominate).
+        """
         pad = int(self.tokenizer.pad_token_id)
         order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
         out: list[tuple[float, float] | None] = [None] * len(samples)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            got = self.broadcast_from_last_stage(self.sequence_nll(collate_sft([samples[i] for i in idx], pad)))
+            batch = collate_sft([samples[i] for i in idx], pad)
+            got = self.broadcast_from_last_stage(self.sequence_nll(batch, micro_batch_size=len(idx)))
             for i, pair in zip(idx, got, strict=True):
                 out[i] = (float(pair[0]), float(pair[1]))
         return [p for p in out if p is not None]

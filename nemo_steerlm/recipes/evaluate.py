@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nemo_steerlm.errors import MissingInputError
+from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.recipes.common import run_stage, stage_app
 
 
@@ -33,7 +33,11 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
         raise MissingInputError(f"data={data}: not a `prepare` output folder (no manifest.json)")
     if apm is not None and data is None:
         raise MissingInputError("APM metrics need data=PREPARED (a `prepare` output folder)")
-    if sft is not None and cfg.steerability.enabled and data is None:
+    if str(cfg.steerability.prompts) not in ("heldout", "mt_bench"):
+        raise UserError(
+            f"steerability.prompts={cfg.steerability.prompts}: use heldout (data's sft/val.jsonl) or mt_bench"
+        )
+    if sft is not None and cfg.steerability.enabled and cfg.steerability.prompts == "heldout" and data is None:
         raise MissingInputError(
             "steerability needs held-out prompts: pass data=PREPARED (or steerability.enabled=false)"
         )
@@ -57,19 +61,35 @@ def _sampling(cfg: DictConfig) -> Any:
     return SamplingParams(**OmegaConf.to_container(cfg.generation, resolve=True))
 
 
+def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
+    """The first ``num_prompts`` prompts of ``steerability.prompts``: held-out SFT prompts or MT-Bench first turns."""
+    from nemo_steerlm.attributes import USER_ROLE
+    from nemo_steerlm.data.formats import read_sft_jsonl
+    from nemo_steerlm.data.template import Conversation, Turn
+    from nemo_steerlm.evaluation import mt_bench, runner
+
+    n = int(cfg.num_prompts)
+    if str(cfg.prompts) == "mt_bench":
+        return [Conversation([Turn(q["turns"][0], USER_ROLE, None)]) for q in mt_bench.load_questions()[:n]]
+    return runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[:n]
+
+
 def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any) -> dict:
     """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model."""
-    from nemo_steerlm.data.formats import read_sft_jsonl
     from nemo_steerlm.data.io import dump_json_line, write_jsonl_atomic
     from nemo_steerlm.evaluation import runner
 
     results: dict[str, Any] = {}
-    params, label = _sampling(cfg), sft.schema.steer_label()
+    params, label = _sampling(cfg), sft.labelled_schema.steer_label()
     val = data / "sft" / "val.jsonl" if data is not None else None
     if cfg.steerability.enabled:
         t = time.perf_counter()
-        prompts = runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[: int(cfg.steerability.num_prompts)]
-        attrs = [str(a) for a in cfg.steerability.attributes]
+        prompts = _steer_prompts(cfg.steerability, sft, val)
+        attrs = [str(a) for a in cfg.steerability.attributes if str(a) in sft.labelled_schema]
+        skipped = [str(a) for a in cfg.steerability.attributes if str(a) not in sft.labelled_schema]
+        if skipped:
+            print(f"evaluate: steerability skips {skipped}: the SFT model's labels never held them")
+            results["steerability_skipped"] = skipped
         res, records = runner.run_steerability(sft, apm, prompts, attrs, list(cfg.steerability.levels), params, out)
         write_jsonl_atomic(out / "steer_responses.jsonl", (dump_json_line(r) for r in records))
         results["steerability"], timings["steerability"] = res, time.perf_counter() - t

@@ -100,7 +100,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     model_path = require_path(cfg, "model", "a SteerLM SFT model .nemo made by train-sft (model=PATH)")
     meta = check_kind(model_path, "sft")
     schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
-    label = steering_label(cfg, schema)
+    label = steering_label(cfg, schema.subset(meta.get("labelled_attributes") or schema.names))
     prompts = read_prompts(require_path(cfg, "data", "a prompt JSONL file"), schema)
     if cfg.limit is not None:
         prompts = prompts[: int(cfg.limit)]

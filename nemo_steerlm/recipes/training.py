@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -149,6 +150,8 @@ def train_and_save(
     model = model_cls(cfg.model, trainer)
     init_weights(model, cfg.preset.init_from)
     trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
+    if torch.cuda.is_available():  # Lightning's teardown moved the module to the CPU; evaluation follows on the GPU
+        model.cuda(torch.cuda.current_device())
     nemo_path = output_dir / f"{model.model_kind}.nemo"
     model.save_to(str(nemo_path))
     return model, trainer, nemo_path, train, val

@@ -91,12 +91,13 @@ def test_cli_generates_steered_lines(tiny_sft: Path, tmp_path: Path) -> None:
             "limit=5",
             f"sampling.max_new_tokens={NEW}",
             "steer.verbosity=0",
-            "steer.humor=2",
+            "steer.complexity=2",
         )  # fmt: skip
     )
     lines = (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()
     src = (tiny_sft / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:5]
-    label = "quality:4,toxicity:0,humor:2,creativity:0,helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:0"
+    # trained on HelpSteer's human labels: the default label holds the five attributes the model saw, in schema order
+    label = "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:0"
     assert len(lines) == 5
     for i, (line, original) in enumerate(zip(lines, src, strict=True)):
         obj, conv = json.loads(line), json.loads(original)["conversations"]
@@ -132,6 +133,8 @@ def test_cli_reads_mt_bench_questions(tiny_sft: Path, tmp_path: Path) -> None:
     [
         ("steer.sarcasm=1", "steer.sarcasm=1: unknown attribute 'sarcasm'"),
         ("steer.verbosity=7", "steer.verbosity=7: attribute 'verbosity': value 7 is out of range [0, 4]"),
+        # in the schema but never in the training labels: steering on it would be out of distribution
+        ("steer.humor=2", "steer.humor=2: unknown attribute 'humor'; known: helpfulness, correctness, coherence,"),
     ],
 )
 def test_bad_steering_exits_2(tiny_sft: Path, tmp_path: Path, override: str, message: str) -> None:
@@ -150,3 +153,19 @@ def test_attribute_model_given_to_generate_exits_2(tiny_apm: Path, tmp_path: Pat
     )  # fmt: skip
     assert res.returncode == 2
     assert "is a attribute prediction model (train-apm), but this stage needs a SteerLM SFT model" in res.stderr
+
+
+def test_batched_scoring_equals_an_unpadded_log_softmax_per_sample(sft_model, conversations) -> None:
+    # mixed lengths in one forward pass: right-padding must not change any sequence's summed NLL
+    prompts = [render_prompt(c, "verbosity:1") for c in conversations[:5]]
+    answers = [" The answer is short.", " Yes", " A longer continuation with several more tokens in it.", "!", " no"]
+    got = sft_model.score_continuations(prompts, answers)
+    for prompt, answer, value in zip(prompts, answers, got, strict=True):
+        enc = sft_model.tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])[-513:]
+        scored = [start >= len(prompt) for start, _ in list(enc["offset_mapping"])[-len(ids) :]]
+        with torch.no_grad():
+            logits = sft_model.model(torch.tensor([ids[:-1]]), torch.arange(len(ids) - 1).unsqueeze(0), None)
+        logp = torch.log_softmax(logits[0].double(), dim=-1)
+        expected = sum(float(logp[t - 1, ids[t]]) for t in range(1, len(ids)) if scored[t])
+        assert value == pytest.approx(expected, rel=1e-4, abs=1e-3)

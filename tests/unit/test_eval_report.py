@@ -25,7 +25,7 @@ def _results(tmp_path):
     apm = compute_apm_metrics(preds, targets, names, train, np.array([5, 17, 40]), np.array([8, 21, 33]))
     plot_apm(preds, targets, names, tmp_path / "plots" / "apm.png")
     steer = compute_steerability(
-        {"verbosity": [(0, "Short one.", 0.7, 11), (4, "A much longer answer here.", 3.3, 29)]}
+        {"verbosity": [(0, "Short one.", 0.7, 11, 0), (4, "A much longer answer here.", 3.3, 29, 0)]}
     )
     items = [TruthfulQAItem("Q?", "Toy", "yes", ("yes",), ("no", "maybe"))]
     tqa = evaluate_truthfulqa(items, lambda c, k: [{"yes": -1.0, "no": -2.0, "maybe": -0.25}[x] for x in k], str)
@@ -86,6 +86,7 @@ def test_sections_links_and_values(tmp_path):
     assert "| helpfulness | APM | 3 |" in text and "| helpfulness | train mean | 3 |" in text
     assert "No labelled held-out rows for: verbosity." in text
     assert "| 0 | 1 | 2.000 ± 0.000 | 11.000 ± 0.000 |" in text  # requested 0: "Short one." = 2 words
+    assert "Within-prompt Spearman, mean over 1 prompts: words 1.000, tokens 1.000, fk_grade" in text
     assert f"| 1 | {fmt(results['truthfulqa']['mc1'])} | {fmt(results['truthfulqa']['mc2'])} |" in text
     assert "| 0.000 |" in text.split("## TruthfulQA")[1]  # MC1 0: "maybe" beats "yes"
     assert f"| {fmt(results['perplexity']['perplexity'])} |" in text

@@ -66,6 +66,26 @@ def test_spearman_without_ties_matches_the_textbook_formula():
     assert out["spearman"]["apm"] is None and out["spearman"]["tokens"] is None
 
 
+def test_within_prompt_spearman_averages_each_prompts_own_correlation():
+    words = lambda n: " ".join(["w"] * n)  # noqa: E731
+    sweep = [
+        # prompt 0 grows with the level (rho 1), prompt 1 shrinks (rho -1), prompt 2 grows but not monotonically:
+        # levels (0, 1, 2) vs words (1, 3, 2) -> 1 - 6 * 2 / (3 * 8) = 0.5; prompt 3 never changes (undefined)
+        *[SteerSample(level, words(n), prompt=0) for level, n in [(0, 5), (1, 20), (2, 40)]],
+        *[SteerSample(level, words(n), prompt=1) for level, n in [(0, 40), (1, 20), (2, 5)]],
+        *[SteerSample(level, words(n), prompt=2) for level, n in [(0, 1), (1, 3), (2, 2)]],
+        *[SteerSample(level, words(7), prompt=3) for level in (0, 1, 2)],
+    ]
+    out = compute_steerability({"verbosity": sweep})["verbosity"]
+    within = out["spearman_within_prompt"]
+    assert within["words"]["mean"] == pytest.approx((1 - 1 + 0.5) / 3)
+    assert within["words"]["prompts"] == 3 and within["words"]["undefined"] == 1
+    assert within["apm"] is None  # no APM predictions
+    # without prompt indices there is nothing to group by
+    plain = compute_steerability({"verbosity": [(0, "a"), (1, "a b")]})["verbosity"]
+    assert all(v is None for v in plain["spearman_within_prompt"].values())
+
+
 def test_bad_items_are_rejected():
     with pytest.raises(ValueError):
         compute_steerability({"verbosity": [(0,)]})

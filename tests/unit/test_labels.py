@@ -92,6 +92,19 @@ def test_dropped_schema() -> None:
         schema.parse_label("humor:2")
 
 
+@given(st.sets(st.sampled_from(ALL_ATTRIBUTES), min_size=1))
+def test_subset_keeps_schema_order_and_its_steer_label_only_names_the_subset(names: set[str]) -> None:
+    sub = SCHEMA.subset(sorted(names))  # input order must not matter
+    assert sub.names == tuple(n for n in ALL_ATTRIBUTES if n in names)
+    assert list(sub.parse_label(sub.steer_label())) == list(sub.names)
+    assert SCHEMA.parse_label(sub.steer_label()) == {n: SCHEMA.parse_label(SCHEMA.steer_label())[n] for n in sub.names}
+
+
+def test_subset_of_unknown_name_is_refused() -> None:
+    with pytest.raises(LabelError, match="unknown attribute 'sarcasm'"):
+        SCHEMA.subset(["verbosity", "sarcasm"])
+
+
 @given(
     st.sampled_from(ALL_ATTRIBUTES), st.text(alphabet=st.characters(categories=("Nd", "No")), min_size=1, max_size=3)
 )
