@@ -30,7 +30,6 @@ from nemo_steerlm.data.formats import sft_line
 from nemo_steerlm.data.io import sha256_file, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn, render_regression
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.megatron import parallel
 
 STATE_VERSION = 1
 
@@ -155,6 +154,8 @@ def run_chunks(
         The chunk files in order and the run's counts (turn counts cover the chunks computed in this run and
         those resumed).
     """
+    from nemo_steerlm.megatron import parallel  # here: merging shards needs neither megatron nor torch.distributed
+
     if chunk_size < 1:
         raise UserError(f"chunk_size={chunk_size}: must be at least 1")
     if parallel.is_global_rank_zero():

@@ -19,7 +19,6 @@ from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.io import sha256_file, write_json_atomic
 from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
-from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 STATE_DIR = ".annotate_state"
 
@@ -62,11 +61,12 @@ def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Annotates the data (or this shard of it) and writes the output file atomically."""
     from nemo_steerlm.models import annotation
-    from nemo_steerlm.models.checkpoint import check_kind
 
     data = require_path(cfg, "data", "an SFT JSONL file to label")
     if bool(cfg.merge_shards):
         return merge(cfg, output_dir, data)
+    from nemo_steerlm.models.checkpoint import check_kind
+
     model_path = require_path(cfg, "model", "an attribute model .nemo made by train-apm (model=PATH)")
     meta = check_kind(model_path, "apm")
     schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
@@ -125,7 +125,9 @@ def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, sh
 @stage_app("annotate")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
-    if not bool(cfg.merge_shards):
+    if not bool(cfg.merge_shards):  # a merge needs no model: no torchrun, no NeMo or megatron imports
+        from nemo_steerlm.recipes.training import relaunch_under_torchrun
+
         relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
     run_stage("annotate", cfg, body)
 
