@@ -145,7 +145,7 @@ def _pipeline_forward(
 
 
 def _broadcast_tokens(chosen: torch.Tensor | None, batch: int) -> torch.Tensor:
-    """Sends the last stage's chosen tokens to every stage (and tensor-parallel rank 0's to its peers); on the CPU."""
+    """Sends the last stage's chosen tokens to every stage and TP peer; returns them on the CPU (bookkeeping)."""
     out = chosen if chosen is not None else torch.zeros(batch, dtype=torch.long)
     out = out.to(device=parallel.device(), dtype=torch.long).contiguous()
     if (
@@ -318,7 +318,7 @@ def generate_ids(
 def resolve_labels(
     model: Any, conversations: Sequence[Conversation], labels: str | Sequence[str | None] | None
 ) -> list[str | None]:
-    """One label per conversation: a single label for all, one each, or the schema's default steering label."""
+    """One label per conversation: a single label for all, one each, or the default label of the trained attributes."""
     if labels is None or isinstance(labels, str):
         label = model.labelled_schema.steer_label() if labels is None else labels
         return [label] * len(conversations)
