@@ -32,7 +32,7 @@ def test_tp2_trained_restores_at_tp1_and_pp2(tp2_run: Path, tmp_path: Path) -> N
     val = tp2_run / "data" / "regression" / "val.jsonl"
     reference = training_predictions(tp2_run)  # predicted by the TP=2 model in training
     at_tp1 = restore_predict(tp2_run / "apm.nemo", val, tmp_path / "tp1.npy")
-    at_pp2 = restore_predict(tp2_run / "apm.nemo", val, tmp_path / "pp2.npy", tp=1, pp=2, port=29561)
+    at_pp2 = restore_predict(tp2_run / "apm.nemo", val, tmp_path / "pp2.npy", tp=1, pp=2)
     assert at_tp1.shape == reference.shape == (43, 9)
     assert np.abs(at_tp1 - reference).max() <= 1e-5
     assert np.abs(at_pp2 - at_tp1).max() <= 1e-5
@@ -42,5 +42,5 @@ def test_tp1_trained_restores_at_tp2(tmp_path: Path) -> None:
     out = tmp_path / "tp1"
     ok(steerlm("train-apm", f"output_dir={out}", "trainer.max_steps=2", "trainer.val_check_interval=2"))
     val = out / "data" / "regression" / "val.jsonl"
-    at_tp2 = restore_predict(out / "apm.nemo", val, tmp_path / "tp2.npy", tp=2, pp=1, port=29563)
+    at_tp2 = restore_predict(out / "apm.nemo", val, tmp_path / "tp2.npy", tp=2, pp=1)
     assert np.abs(at_tp2 - training_predictions(out)).max() <= 1e-5

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from steerlm_test_helpers.launch import run_worker
 
 pytest.importorskip("transformers")
 
@@ -23,25 +21,23 @@ from test_hf_interop import make_hf_dir  # noqa: E402
 ATOL = 1e-4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(hf_dir: Path, kind: str, tp: int, pp: int, tmp: Path) -> dict:
     out, nemo = tmp / f"{kind}_tp{tp}pp{pp}.json", tmp / f"{kind}_tp{tp}pp{pp}.nemo"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * pp),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER),
-        "--hf", str(hf_dir), "--kind", kind, "--tp", str(tp), "--pp", str(pp), "--nemo", str(nemo), "--out", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-    if proc.returncode != 0:
-        pytest.fail(f"worker failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    args = [
+        "--hf",
+        str(hf_dir),
+        "--kind",
+        kind,
+        "--tp",
+        str(tp),
+        "--pp",
+        str(pp),
+        "--nemo",
+        str(nemo),
+        "--out",
+        str(out),
+    ]
+    run_worker(WORKER, args, tp * pp, f"{kind} tp{tp} pp{pp}", timeout=420)
     return {**json.loads(out.read_text(encoding="utf-8")), "nemo": nemo}
 
 

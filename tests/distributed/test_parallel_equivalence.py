@@ -9,41 +9,18 @@ share a world size run one after another inside one ``torchrun`` launch to pay t
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from steerlm_test_helpers.launch import run_worker
 
 WORKER = Path(__file__).with_name("_worker_regression.py")
-REPO = Path(__file__).resolve().parents[2]
 LOSS_RTOL = 1e-5
 PRED_ATOL = 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(layouts: list[str], nproc: int, out: Path) -> dict:
-    worker_args = [str(WORKER), "--layouts", ",".join(layouts), "--out", str(out)]
-    if nproc == 1:
-        command = [sys.executable, *worker_args]
-    else:
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *worker_args,
-        ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-    if proc.returncode != 0:
-        pytest.fail(f"worker failed ({proc.returncode}) for {layouts}:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    run_worker(WORKER, ["--layouts", ",".join(layouts), "--out", str(out)], nproc, str(layouts), timeout=420)
     return json.loads(out.read_text(encoding="utf-8"))
 
 

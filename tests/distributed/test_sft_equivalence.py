@@ -10,36 +10,20 @@ cache must equal TP=1 recomputing the whole sequence every step. One plain proce
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_parallel_equivalence import _free_port
+from steerlm_test_helpers.launch import run_worker
 
 WORKER = Path(__file__).with_name("_worker_sft.py")
-REPO = Path(__file__).resolve().parents[2]
 LOSS_RTOL = 1e-5
 
 pytestmark = pytest.mark.distributed
 
 
 def _run(layouts: list[str], generate: list[str], nproc: int, out: Path) -> dict:
-    worker_args = [str(WORKER), "--layouts", ",".join(layouts), "--generate", ",".join(generate), "--out", str(out)]
-    if nproc == 1:
-        command = [sys.executable, *worker_args]
-    else:
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *worker_args,
-        ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    proc = subprocess.run(command, cwd=WORKER.parent, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"worker failed ({proc.returncode}) for {layouts}/{generate}:\n{proc.stderr[-8000:]}")
+    args = ["--layouts", ",".join(layouts), "--generate", ",".join(generate), "--out", str(out)]
+    run_worker(WORKER, args, nproc, f"{layouts}/{generate}")
     return json.loads(out.read_text(encoding="utf-8"))
 
 

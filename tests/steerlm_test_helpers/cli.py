@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from steerlm_test_helpers.launch import run_worker
+
 HELPERS = Path(__file__).resolve().parent
 
 
@@ -30,19 +32,9 @@ def ok(res: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return res
 
 
-def restore_predict(nemo: Path, data: Path, out: Path, tp: int = 1, pp: int = 1, port: int = 29555) -> np.ndarray:
+def restore_predict(nemo: Path, data: Path, out: Path, tp: int = 1, pp: int = 1) -> np.ndarray:
     """Predictions of `nemo` restored at TP/PP in fresh process(es)."""
-    script = str(HELPERS / "restore_predict.py")
-    n = tp * pp
-    cmd = (
-        [sys.executable, script]
-        if n == 1
-        else [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}", script]
-    )
-    res = subprocess.run(
-        [*cmd, str(nemo), str(data), str(out), str(tp), str(pp)], capture_output=True, text=True, timeout=600
-    )
-    assert res.returncode == 0, res.stderr[-5000:]
+    run_worker(HELPERS / "restore_predict.py", [str(nemo), str(data), str(out), str(tp), str(pp)], tp * pp, nemo.name)
     return np.load(out)
 
 
