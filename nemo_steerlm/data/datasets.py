@@ -144,12 +144,7 @@ class SFTDataset(Dataset):
         self.samples: list[SFTSample] = []
         self.num_truncated = 0
         self.num_skipped = 0  # conversations with no trained token left (reported, never silently dropped)
-        #: attribute names that occur in the labels of the (validated) conversations
-        self.label_names: set[str] = set()
         for conv in conversations:
-            for turn in conv.turns:
-                if turn.label:
-                    self.label_names.update(pair.partition(":")[0].strip() for pair in turn.label.split(","))
             tok = tokenize_rendered(render_sft(conv), tokenizer)
             enc = encode_sft(tok.input_ids, tok.loss_mask, seq_length, max_context_tokens)
             self.num_truncated += int(enc.truncated)

@@ -112,7 +112,7 @@ class AttributePredictionModel(MegatronGPTBase):
             preds = self.predict_batch(collate_regression([dataset[i] for i in idx], pad))
             if preds is not None:
                 results.extend(zip(idx, preds.numpy(), strict=True))
-        gathered = self.gather_data_parallel(results)
+        gathered = parallel.gather_data_parallel(results)
         if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             return None
         out = np.zeros((len(dataset), len(self.schema)), dtype=np.float32)
@@ -148,8 +148,8 @@ class AttributePredictionModel(MegatronGPTBase):
 
     def on_validation_epoch_end(self) -> None:
         """Gathers predictions over data-parallel ranks and logs the validation loss and per-attribute MAE."""
-        preds = self.gather_data_parallel(self._val_preds)
-        labels = self.gather_data_parallel(self._val_labels)
+        preds = parallel.gather_data_parallel(self._val_preds)
+        labels = parallel.gather_data_parallel(self._val_labels)
         stats = self.broadcast_from_last_stage(validation_stats(preds, labels, list(self.schema.names)))
         for name, value in stats.items():
             self.log(name, value, prog_bar=name == "val_loss", rank_zero_only=True, batch_size=1)

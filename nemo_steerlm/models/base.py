@@ -9,7 +9,7 @@ Subclasses supply the network class, the batches and the loss.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -261,11 +261,6 @@ class MegatronGPTBase(ModelPT):
             group=parallel_state.get_pipeline_model_parallel_group(),
         )
         return holder[0]
-
-    @staticmethod
-    def gather_data_parallel(items: Sequence[Any]) -> list[Any]:
-        """Concatenates the lists of every data-parallel rank, in rank order."""
-        return parallel.gather_data_parallel(list(items))
 
     def model_summary(self) -> dict[str, Any]:
         """Shape, layout and parameter count (this rank's shard) for logs and reports."""

@@ -47,7 +47,9 @@ class SteerLMSFTModel(MegatronGPTBase):
     # --- data ----------------------------------------------------------------------------------------------------
     def sft_dataset(self, path: str) -> SFTDataset:
         """Reads, renders and tokenises an SFT JSONL file."""
-        conversations = read_sft_jsonl(path, self.schema)
+        return self._tokenised(read_sft_jsonl(path, self.schema))
+
+    def _tokenised(self, conversations: list[Any]) -> SFTDataset:
         return SFTDataset(conversations, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
 
     def _loader(self, dataset: Any, train: bool) -> DataLoader:
@@ -58,8 +60,15 @@ class SteerLMSFTModel(MegatronGPTBase):
 
     def train_dataloader(self) -> DataLoader:
         """Training batches from ``model.data.train`` (packed when ``model.data.packing``)."""
-        self.train_set = self.sft_dataset(str(self._cfg.data.train))
-        self.record_labelled_attributes(self.train_set.label_names)
+        conversations = read_sft_jsonl(str(self._cfg.data.train), self.schema)
+        self.record_labelled_attributes(
+            name
+            for conv in conversations
+            for turn in conv.turns
+            if turn.label
+            for name in self.schema.parse_label(turn.label)
+        )
+        self.train_set = self._tokenised(conversations)
         return self._loader(self._maybe_packed(self.train_set), train=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -106,7 +115,7 @@ class SteerLMSFTModel(MegatronGPTBase):
 
     def on_validation_epoch_end(self) -> None:
         """Logs the token-weighted validation loss over all data-parallel ranks."""
-        pairs = self.gather_data_parallel(self._val_nll)
+        pairs = parallel.gather_data_parallel(self._val_nll)
         nll, tokens = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
         value = self.broadcast_from_last_stage(nll / tokens if tokens else 0.0)
         self.log("val_loss", float(value), prog_bar=True, rank_zero_only=True, batch_size=1)

@@ -29,8 +29,6 @@ STAGE_NAMES = {
 
 def _stage_groups(stage: str) -> set[str]:
     """The config groups a stage's YAML declares in its defaults list (of ``preset``, ``dataset``, ``attributes``)."""
-    from omegaconf import OmegaConf
-
     from nemo_steerlm.recipes.common import CONF_DIR
 
     conf = OmegaConf.load(Path(CONF_DIR) / f"{stage}.yaml")

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.data.prepare import prepare
 from nemo_steerlm.errors import MissingInputError
+from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.strategy import MegatronStrategy
 from nemo_steerlm.recipes.common import schema_from_cfg
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
@@ -150,8 +150,7 @@ def train_and_save(
     model = model_cls(cfg.model, trainer)
     init_weights(model, cfg.preset.init_from)
     trainer.fit(model, ckpt_path=resume_checkpoint(trainer))
-    if torch.cuda.is_available():  # Lightning's teardown moved the module to the CPU; evaluation follows on the GPU
-        model.cuda(torch.cuda.current_device())
+    model.to(parallel.device())  # Lightning's teardown moves the module to the CPU; evaluation follows on its device
     nemo_path = output_dir / f"{model.model_kind}.nemo"
     model.save_to(str(nemo_path))
     return model, trainer, nemo_path, train, val
