@@ -121,7 +121,28 @@ def _steer_section(steer: Mapping[str, Any]) -> list[str]:
             parts = [f"{m} {fmt(within[m]['mean'])}" for m in ("words", "tokens", "fk_grade", "apm") if within.get(m)]
             prompts = max(w["prompts"] for w in within.values() if w)
             lines += [f"Within-prompt Spearman, mean over {prompts} prompts: " + ", ".join(parts), ""]
+        if summary.get("data_reference") is not None:
+            lines += _reference_lines(summary["data_reference"])
     return lines
+
+
+def _reference_lines(ref: Mapping[str, Any]) -> list[str]:
+    """The training data's own responses at their labels (what imitating the data would reach)."""
+    left_out = f"{fmt(ref['outside_levels'])} at other levels and {fmt(ref['unlabelled'])} unlabelled left out"
+    lines = [f"Training data `{ref['file']}`, its responses at their labels ({fmt(ref['n'])}; {left_out}):", ""]
+    if not ref["n"]:
+        return lines
+    rows = [
+        [_level(lvl["requested"]), fmt(lvl["n"]), _mean_std(lvl["words"]), _mean_std(lvl["fk_grade"])]
+        for lvl in ref["levels"]
+    ]
+    lines += _table(["label", "n", "words", "FK grade"], rows)
+    within = ref["spearman_within_prompt"]
+    parts = [
+        f"{m} {fmt(ref['spearman'][m])} (within-prompt {fmt(within[m]['mean'] if within[m] else None)})"
+        for m in ("words", "fk_grade")
+    ]
+    return lines + ["Spearman(label, measure) in the training data: " + ", ".join(parts), ""]
 
 
 def _mt_bench_section(mt: Mapping[str, Any]) -> list[str]:

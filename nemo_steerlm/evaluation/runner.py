@@ -14,6 +14,7 @@ import numpy as np
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, USER_ROLE, AttributeSchema
 from nemo_steerlm.data.datasets import SFTSample
+from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.template import Conversation, Turn, regression_text, render_prompt
 from nemo_steerlm.evaluation import mt_bench, steerability, truthfulqa
 from nemo_steerlm.evaluation.perplexity import perplexity
@@ -48,8 +49,13 @@ def run_steerability(
     values: Sequence[int],
     params: SamplingParams,
     out_dir: Path,
+    reference_file: Path | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sweeps each attribute over ``values`` (others at the default label) and measures what changed.
+
+    With ``reference_file`` (an SFT JSONL of labelled conversations, e.g. ``prepare``'s ``sft/train.jsonl``), each
+    attribute's summary also carries the same measures of its responses at their labels (``data_reference``, with
+    the ``file``): what imitating the training data would reach.
 
     Returns the steerability results and one record per generated response (for ``steer_responses.jsonl``).
     """
@@ -85,6 +91,11 @@ def run_steerability(
             for i, (req, lab, g) in enumerate(zip(requested, per_prompt, gens, strict=True))
         ]
     results = steerability.compute_steerability(sweeps)
+    if reference_file is not None:
+        reference = read_sft_jsonl(reference_file, sft.schema)
+        for attribute in attributes:
+            ref = steerability.data_reference(reference, sft.schema, attribute, values)
+            results[attribute]["data_reference"] = {**ref, "file": str(reference_file)}
     steerability.plot_steerability(results, out_dir / "steerability.png")
     return results, records
 

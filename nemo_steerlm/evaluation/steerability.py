@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.data.template import Conversation
 from nemo_steerlm.evaluation._io import new_figure, save_figure
 
 MEASURES: tuple[str, ...] = ("words", "tokens", "fk_grade", "apm")
@@ -179,6 +180,58 @@ def summarise_sweep(items: Sequence[SteerSample | Sequence[Any]]) -> dict[str, A
     return {"n": len(rows), "levels": levels, "spearman": spearman, "spearman_within_prompt": within, "responses": rows}
 
 
+def reference_samples(
+    conversations: Sequence[Conversation], schema: AttributeSchema, attribute: str, levels: Iterable[int]
+) -> tuple[list[SteerSample], dict[str, int]]:
+    """The data's own (label, response) pairs as a sweep: what imitating the training data would reach.
+
+    Each conversation's final assistant turn becomes a sample requested at its labelled value of ``attribute``
+    (responses to the same prompt share a prompt index, for the within-prompt Spearman). Nothing is dropped
+    silently: turns without a value for ``attribute`` and values outside ``levels`` are counted.
+
+    Args:
+        conversations: labelled conversations (e.g. a ``prepare`` output's ``sft/train.jsonl``).
+        schema: the schema the labels are written in.
+        attribute: the swept attribute.
+        levels: the swept values; responses labelled otherwise are left out (and counted).
+
+    Returns:
+        ``(samples, {"unlabelled": n, "outside_levels": n})``.
+    """
+    wanted = {int(v) for v in levels}
+    prompt_ids: dict[tuple[str, ...], int] = {}
+    samples: list[SteerSample] = []
+    counts = {"unlabelled": 0, "outside_levels": 0}
+    for conv in conversations:
+        last = conv.turns[-1] if conv.turns else None
+        value = schema.parse_label(last.label).get(attribute) if last is not None and last.label else None
+        if value is None:
+            counts["unlabelled"] += 1
+        elif value not in wanted:
+            counts["outside_levels"] += 1
+        else:
+            key = tuple(t.value for t in conv.turns[:-1])
+            samples.append(SteerSample(float(value), last.value, prompt=prompt_ids.setdefault(key, len(prompt_ids))))
+    return samples, counts
+
+
+def data_reference(
+    conversations: Sequence[Conversation], schema: AttributeSchema, attribute: str, levels: Iterable[int]
+) -> dict[str, Any]:
+    """:func:`summarise_sweep` of :func:`reference_samples`, without the per-response rows.
+
+    Returns:
+        The summary's ``n``, ``levels``, ``spearman`` and ``spearman_within_prompt`` (``n`` 0 and empty parts when
+        no response was labelled at a swept level), plus the ``unlabelled`` and ``outside_levels`` counts.
+    """
+    samples, counts = reference_samples(conversations, schema, attribute, levels)
+    if not samples:
+        return {"n": 0, "levels": [], "spearman": {}, "spearman_within_prompt": {}, **counts}
+    summary = summarise_sweep(samples)
+    summary.pop("responses")
+    return {**summary, **counts}
+
+
 def compute_steerability(sweeps: Mapping[str, Sequence[SteerSample | Sequence[Any]]]) -> dict[str, Any]:
     """:func:`summarise_sweep` for every swept attribute.
 
@@ -194,7 +247,8 @@ def compute_steerability(sweeps: Mapping[str, Sequence[SteerSample | Sequence[An
 def plot_steerability(results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """PNG of steering curves: one row of panels per swept attribute, one panel per measure with data.
 
-    Each panel shows the per-level mean with a ±1 std band against the requested value.
+    Each panel shows the per-level mean with a ±1 std band against the requested value, and, where the summary
+    carries a ``data_reference`` (see :func:`reference_samples`), the training data's per-level mean as a dashed line.
 
     Args:
         results: the output of :func:`compute_steerability`.
@@ -220,7 +274,13 @@ def plot_steerability(results: Mapping[str, Mapping[str, Any]], path: str | os.P
             x = np.array([p[0] for p in pts])
             mean = np.array([p[1]["mean"] for p in pts])
             std = np.array([p[1]["std"] for p in pts])
-            ax.plot(x, mean, marker="o")
+            ax.plot(x, mean, marker="o", label="model")
             ax.fill_between(x, mean - std, mean + std, alpha=0.25)
+            ref = summary.get("data_reference") or {}
+            ref_pts = [(lvl["requested"], lvl[measure]["mean"]) for lvl in ref.get("levels", []) if lvl[measure]]
+            if ref_pts:
+                ref_x, ref_mean = [p[0] for p in ref_pts], [p[1] for p in ref_pts]
+                ax.plot(ref_x, ref_mean, linestyle="--", marker="x", color="gray", label="training data")
+                ax.legend(fontsize="small")
     fig.tight_layout()
     return save_figure(fig, path)

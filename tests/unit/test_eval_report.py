@@ -5,12 +5,13 @@ import re
 
 import numpy as np
 
-from nemo_steerlm.attributes import MASK_VALUE
+from nemo_steerlm.attributes import ASSISTANT_ROLE, MASK_VALUE, USER_ROLE, AttributeSchema
+from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.evaluation.apm_metrics import compute_apm_metrics, plot_apm
 from nemo_steerlm.evaluation.mt_bench import judge_answers
 from nemo_steerlm.evaluation.perplexity import perplexity
 from nemo_steerlm.evaluation.report import fmt, package_versions, render_report, write_report
-from nemo_steerlm.evaluation.steerability import compute_steerability
+from nemo_steerlm.evaluation.steerability import compute_steerability, data_reference
 from nemo_steerlm.evaluation.truthfulqa import TruthfulQAItem, evaluate_truthfulqa
 
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
@@ -27,6 +28,14 @@ def _results(tmp_path):
     steer = compute_steerability(
         {"verbosity": [(0, "Short one.", 0.7, 11, 0), (4, "A much longer answer here.", 3.3, 29, 0)]}
     )
+    reference = [
+        Conversation([Turn("Q?", USER_ROLE, None), Turn(text, ASSISTANT_ROLE, f"verbosity:{level}")])
+        for level, text in [(0, "Tiny."), (4, "A rather long and winding reply, really."), (2, "Middle one here.")]
+    ]
+    steer["verbosity"]["data_reference"] = {
+        **data_reference(reference, AttributeSchema(("verbosity",)), "verbosity", [0, 4]),
+        "file": "data/sft/train.jsonl",
+    }
     items = [TruthfulQAItem("Q?", "Toy", "yes", ("yes",), ("no", "maybe"))]
     tqa = evaluate_truthfulqa(items, lambda c, k: [{"yes": -1.0, "no": -2.0, "maybe": -0.25}[x] for x in k], str)
     question = {"question_id": 81, "category": "writing", "turns": ["Write.", "Again."]}
@@ -87,6 +96,9 @@ def test_sections_links_and_values(tmp_path):
     assert "No labelled held-out rows for: verbosity." in text
     assert "| 0 | 1 | 2.000 ± 0.000 | 11.000 ± 0.000 |" in text  # requested 0: "Short one." = 2 words
     assert "Within-prompt Spearman, mean over 1 prompts: words 1.000, tokens 1.000, fk_grade" in text
+    ref = "Training data `data/sft/train.jsonl`, its responses at their labels (2; 1 at other levels and 0 unlabelled"
+    assert ref in text and "| 4 | 1 | 7.000 ± 0.000 |" in text
+    assert "Spearman(label, measure) in the training data: words 1.000 (within-prompt 1.000)" in text
     assert f"| 1 | {fmt(results['truthfulqa']['mc1'])} | {fmt(results['truthfulqa']['mc2'])} |" in text
     assert "| 0.000 |" in text.split("## TruthfulQA")[1]  # MC1 0: "maybe" beats "yes"
     assert f"| {fmt(results['perplexity']['perplexity'])} |" in text

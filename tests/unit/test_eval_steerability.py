@@ -4,12 +4,15 @@ import json
 
 import pytest
 
-from nemo_steerlm.attributes import DEFAULT_SCHEMA, AttributeSchema, LabelError
+from nemo_steerlm.attributes import ASSISTANT_ROLE, DEFAULT_SCHEMA, USER_ROLE, AttributeSchema, LabelError
+from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.evaluation.steerability import (
     SteerSample,
     compute_steerability,
+    data_reference,
     fk_grade,
     plot_steerability,
+    reference_samples,
     sweep_labels,
 )
 
@@ -99,3 +102,52 @@ def test_plot_is_a_png(tmp_path):
     )
     data = plot_steerability(results, tmp_path / "steer.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def _labelled(prompt, response, label):
+    return Conversation([Turn(prompt, USER_ROLE, None), Turn(response, ASSISTANT_ROLE, label)])
+
+
+def test_data_reference_is_the_training_data_at_its_labels():
+    schema = AttributeSchema(("helpfulness", "verbosity"))
+    convs = [
+        _labelled("A?", "a", "helpfulness:3,verbosity:0"),
+        _labelled("B?", "x y", "verbosity:1"),
+        _labelled("A?", "a b c", "helpfulness:2,verbosity:2"),
+        _labelled("B?", "x y z w", "verbosity:3"),
+        _labelled("A?", "a b c d e f", "verbosity:4"),  # outside the swept levels 0..3
+        _labelled("C?", "q", "helpfulness:1"),  # no verbosity value
+        _labelled("C?", "r", None),  # no label at all
+    ]
+    samples, counts = reference_samples(convs, schema, "verbosity", range(4))
+    assert counts == {"unlabelled": 2, "outside_levels": 1}
+    assert [(s.requested, s.text, s.prompt) for s in samples] == [
+        (0.0, "a", 0),
+        (1.0, "x y", 1),
+        (2.0, "a b c", 0),
+        (3.0, "x y z w", 1),
+    ]
+    ref = data_reference(convs, schema, "verbosity", range(4))
+    assert ref["n"] == 4 and "responses" not in ref and ref["outside_levels"] == 1
+    assert [lvl["words"]["mean"] for lvl in ref["levels"]] == [1.0, 2.0, 3.0, 4.0]
+    assert ref["spearman"]["words"] == pytest.approx(1.0)
+    # each prompt has two responses that grow with the label: within-prompt 1.0 over 2 prompts
+    assert ref["spearman_within_prompt"]["words"] == pytest.approx({"mean": 1.0, "prompts": 2, "undefined": 0})
+    # levels (0, 2) only: prompt B has no response there, A's two still give rho 1
+    narrow = data_reference(convs, schema, "verbosity", [0, 2])
+    assert narrow["n"] == 2 and narrow["outside_levels"] == 3
+    assert data_reference(convs, schema, "helpfulness", [0])["n"] == 0
+    with pytest.raises(LabelError):  # a label the schema cannot read is an error, not a skip
+        reference_samples([_labelled("D?", "d", "humor:1")], schema, "verbosity", [0])
+
+
+def test_plot_draws_the_data_reference(tmp_path):
+    schema = AttributeSchema(("verbosity",))
+    results = compute_steerability({"verbosity": [(0, "a"), (1, "a b c")]})
+    results["verbosity"]["data_reference"] = data_reference(
+        [_labelled("A?", "a b", "verbosity:0"), _labelled("A?", "a b c d", "verbosity:1")], schema, "verbosity", [0, 1]
+    )
+    with_ref = plot_steerability(results, tmp_path / "ref.png").read_bytes()
+    del results["verbosity"]["data_reference"]
+    without = plot_steerability(results, tmp_path / "plain.png").read_bytes()
+    assert with_ref[:8] == b"\x89PNG\r\n\x1a\n" and with_ref != without
