@@ -108,6 +108,7 @@ def build_model_config(
         "pipeline_model_parallel_size": pp,
         "sequence_parallel": False,
         "params_dtype": "float32",
+        "core_attention": "sdpa",
         "seed": 1234,
         "tokenizer": {"path": str(tokenizer_dir)},
         "attributes": {

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from nemo_steerlm.megatron.attention import local_spec_with_attention
 from nemo_steerlm.megatron.config import GPTConfig, ParallelConfig, padded_vocab_size
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -105,6 +105,7 @@ def build_gpt_model(
     model_cls: type[GPTModel] = GPTModel,
     pre_process: bool | None = None,
     post_process: bool | None = None,
+    core_attention: str = "sdpa",
     **model_kwargs: Any,
 ) -> GPTModel:
     """Build this pipeline stage's ``GPTModel`` (or subclass) with megatron's local layer spec.
@@ -115,6 +116,7 @@ def build_gpt_model(
         model_cls: ``GPTModel`` or a subclass (e.g. the regression model); extra keyword arguments go to it.
         pre_process: build the embedding; defaults to "this is the first pipeline stage".
         post_process: build the final norm and output; defaults to "this is the last pipeline stage".
+        core_attention: ``sdpa`` or ``local`` (see :func:`nemo_steerlm.megatron.attention.local_spec_with_attention`).
         **model_kwargs: extra constructor arguments for ``model_cls``; ``pg_collection`` defaults to megatron's
             current process groups, passed in explicitly.
 
@@ -129,7 +131,7 @@ def build_gpt_model(
     model_kwargs.setdefault("pg_collection", ProcessGroupCollection.use_mpu_process_groups())
     model = model_cls(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization=gpt.normalization),
+        transformer_layer_spec=local_spec_with_attention(gpt.normalization, core_attention),
         vocab_size=vocab,
         max_sequence_length=gpt.seq_length,
         pre_process=pre_process,

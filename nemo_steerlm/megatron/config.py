@@ -87,6 +87,8 @@ class ParallelConfig:
         params_dtype: ``float32``, ``bfloat16`` or ``float16`` for parameters and pipeline activations.
         use_distributed_optimizer: shard optimizer states over data-parallel ranks.
         overlap_grad_reduce: overlap DDP gradient reduction with backward (GPU only).
+        core_attention: ``sdpa`` (PyTorch's fused attention kernels, no ``s × s`` matrix kept) or ``local``
+            (megatron's ``DotProductAttention``); see :mod:`nemo_steerlm.megatron.attention`.
     """
 
     tensor_model_parallel_size: int = 1
@@ -95,6 +97,7 @@ class ParallelConfig:
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
+    core_attention: Literal["sdpa", "local"] = "sdpa"
 
     @property
     def model_parallel_size(self) -> int:

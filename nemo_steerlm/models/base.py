@@ -57,6 +57,8 @@ def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
         pipeline_model_parallel_size=int(cfg.pipeline_model_parallel_size),
         sequence_parallel=bool(cfg.sequence_parallel),
         params_dtype=str(cfg.params_dtype),
+        # .nemo files written before the setting existed used megatron's local attention: same function
+        core_attention=str(cfg.get("core_attention", "sdpa")),
     )
 
 
@@ -102,7 +104,11 @@ class MegatronGPTBase(ModelPT):
             self.gpt_config, self.parallel_config, calculate_per_token_loss=self.per_token_loss
         )
         self.model = build_gpt_model(
-            self.gpt_config, self.transformer_config, model_cls=self.network_class(), **self.network_kwargs()
+            self.gpt_config,
+            self.transformer_config,
+            model_cls=self.network_class(),
+            core_attention=self.parallel_config.core_attention,
+            **self.network_kwargs(),
         )
         self.automatic_optimization = False
         self._ddp_chunks: list[torch.nn.Module] = []

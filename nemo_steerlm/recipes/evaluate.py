@@ -90,7 +90,9 @@ def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: P
         if skipped:
             print(f"evaluate: steerability skips {skipped}: the SFT model's labels never held them")
             results["steerability_skipped"] = skipped
-        res, records = runner.run_steerability(sft, apm, prompts, attrs, list(cfg.steerability.levels), params, out)
+        train = data / "sft" / "train.jsonl" if data is not None else None
+        levels = list(cfg.steerability.levels)
+        res, records = runner.run_steerability(sft, apm, prompts, attrs, levels, params, out, train)
         write_jsonl_atomic(out / "steer_responses.jsonl", (dump_json_line(r) for r in records))
         results["steerability"], timings["steerability"] = res, time.perf_counter() - t
         results.setdefault("plots", {})["steerability"] = "steerability.png"

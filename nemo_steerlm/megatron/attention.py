@@ -1,0 +1,163 @@
+"""Core attention on ``torch.nn.functional.scaled_dot_product_attention`` for megatron's local layer spec.
+
+Without TransformerEngine, megatron-core's local spec computes attention with ``DotProductAttention``: it
+materialises the ``[b, heads, s, s]`` scores and probabilities of every layer and keeps them for backward. At
+SmolLM2's 30 layers and 2,048 tokens that is most of the activation memory (a CPU step of 4 sequences ran out of
+24 GB). :class:`SDPAttention` has the same constructor and ``forward`` signature and computes the same function
+with PyTorch's fused kernels (flash or memory-efficient on CUDA, the flash kernel on CPU), which keep no ``s × s``
+matrix. :func:`local_spec_with_attention` swaps it into the local spec; ``model.core_attention=local`` keeps
+megatron's own module.
+
+Semantics kept from ``DotProductAttention``: inputs ``query [sq, b, heads, d]``, ``key``/``value
+[sk, b, groups, d]`` (grouped-query keys repeated per head), output ``[sq, b, heads * d]``; ``attention_mask`` is
+boolean with ``True`` = masked, broadcastable to ``[b, 1, sq, sk]``; without a mask the layer's causal type
+applies (``sq == sk``), and a single query (a KV-cache decode step) attends to every cached key. The softmax scale
+is ``softmax_scale`` or ``1/sqrt(d)`` (megatron's query-key layer scaling multiplies it back and cancels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import divide
+
+from nemo_steerlm.megatron.config import ConfigError
+
+CORE_ATTENTION = ("sdpa", "local")
+
+
+class SDPAttention(MegatronModule):
+    """Megatron core attention computed by ``scaled_dot_product_attention`` (see the module docstring).
+
+    Args:
+        config: the transformer config; context parallelism, sliding windows and non-vanilla softmax are refused.
+        layer_number: the layer (unused: the scale does not depend on it).
+        attn_mask_type: the layer's mask type (``causal`` for GPT self-attention).
+        attention_type: ``"self"`` (unused, as in megatron).
+        attention_dropout: dropout on the attention probabilities; defaults to ``config.attention_dropout``.
+        softmax_scale: defaults to ``1/sqrt(head width)``.
+        cp_comm_type: unused (no context parallelism).
+        pg_collection: process groups; its ``tp`` group sizes the local heads.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection: ProcessGroupCollection | None = None,
+    ) -> None:
+        super().__init__(config=config)
+        unsupported = {
+            "context_parallel_size": config.context_parallel_size != 1,
+            "window_size": config.window_size is not None,
+            "softmax_type": config.softmax_type != "vanilla",
+        }
+        if any(unsupported.values()):
+            names = ", ".join(k for k, bad in unsupported.items() if bad)
+            raise ConfigError(f"core_attention=sdpa does not support {names}; set model.core_attention=local")
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        tp = pg_collection.tp.size()
+        head_dim = divide(config.kv_channels * config.num_attention_heads, config.num_attention_heads)
+        self.heads = divide(config.num_attention_heads, tp)
+        self.groups = divide(config.num_query_groups or config.num_attention_heads, tp)
+        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+        self.attn_mask_type = attn_mask_type
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params: Any = None,
+    ) -> torch.Tensor:
+        """Attention output ``[sq, b, heads * d]`` for ``query [sq, b, heads, d]`` and ``key``/``value``."""
+        if attention_bias is not None or packed_seq_params is not None:
+            raise ValueError("core_attention=sdpa takes a boolean attention_mask, not attention_bias/packed_seq_params")
+        if self.heads != self.groups:
+            key = key.repeat_interleave(self.heads // self.groups, dim=2)
+            value = value.repeat_interleave(self.heads // self.groups, dim=2)
+        sq, sk = query.shape[0], key.shape[0]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        mask, causal = self._mask(attention_mask, attn_mask_type or self.attn_mask_type, sq, sk)
+        dropout = self.dropout if self.training else 0.0
+        # megatron forks the model-parallel RNG for attention dropout unless activations are sequence-parallel
+        fork = (
+            contextlib.nullcontext() if self.config.sequence_parallel else tensor_parallel.get_cuda_rng_tracker().fork()
+        )
+        with fork:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale
+            )
+        return out.permute(2, 0, 1, 3).reshape(sq, out.shape[0], -1)
+
+    @staticmethod
+    def _mask(
+        attention_mask: torch.Tensor | None, mask_type: AttnMaskType, sq: int, sk: int
+    ) -> tuple[torch.Tensor | None, bool]:
+        """``(attn_mask, is_causal)`` for SDPA (see :func:`_allowed` for an explicit mask)."""
+        if attention_mask is not None:
+            return _allowed(attention_mask, sq, sk), False
+        if mask_type == AttnMaskType.causal and sq > 1:
+            if sq != sk:
+                raise ValueError(f"a causal mask needs as many queries as keys (got {sq} and {sk})")
+            return None, True
+        return None, False
+
+
+_ALLOWED: tuple[weakref.ref, torch.Tensor] | None = None
+
+
+def _allowed(attention_mask: torch.Tensor, sq: int, sk: int) -> torch.Tensor:
+    """SDPA's boolean mask ("may attend") for megatron's (``True`` = masked), made once per mask tensor.
+
+    Every layer receives the same mask tensor; converting it in each of them would keep one copy per layer for
+    backward, so the last conversion is reused while its source is alive. A row that masks every key attends to its
+    own position instead (SDPA returns NaN there, megatron a uniform average; neither reaches a loss or a token).
+    """
+    global _ALLOWED
+    if _ALLOWED is not None and _ALLOWED[0]() is attention_mask:
+        return _ALLOWED[1]
+    allowed = ~attention_mask.bool()
+    if sq == sk:
+        allowed = allowed | torch.eye(sq, dtype=torch.bool, device=allowed.device)
+    _ALLOWED = (weakref.ref(attention_mask), allowed)
+    return allowed
+
+
+def local_spec_with_attention(normalization: str, core_attention: str = "sdpa") -> ModuleSpec:
+    """Megatron's local GPT layer spec with the chosen core attention (``sdpa`` or megatron's ``local``).
+
+    Raises:
+        ConfigError: for another ``core_attention`` value.
+    """
+    if core_attention not in CORE_ATTENTION:
+        raise ConfigError(f"model.core_attention={core_attention}: use one of {', '.join(CORE_ATTENTION)}")
+    spec = get_gpt_layer_local_spec(normalization=normalization)
+    if core_attention == "local":
+        return spec
+    spec = copy.deepcopy(spec)
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
