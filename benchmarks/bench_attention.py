@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+from _doc import DOC, cpu_model, update_section  # benchmarks/ is the script's folder
+
 START, END = "<!-- bench_attention:start -->", "<!-- bench_attention:end -->"
 VOCAB = 49152  # SmolLM2's tokenizer
 
@@ -79,16 +78,8 @@ def machine() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
     threads = os.environ.get("OMP_NUM_THREADS", "default")
-    return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, OMP_NUM_THREADS {threads}"
+    return f"{os.cpu_count()} CPUs ({cpu_model()}), torch {torch.__version__}, OMP_NUM_THREADS {threads}"
 
 
 def render(rows: list[tuple[str, dict, dict]], steps: int) -> str:
@@ -115,16 +106,6 @@ def render(rows: list[tuple[str, dict, dict]], steps: int) -> str:
     return "\n".join(lines + [END]) + "\n"
 
 
-def update_doc(section: str) -> None:
-    text = DOC.read_text(encoding="utf-8")
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["1x1024", "4x1024"], help="micro-batch x tokens")
@@ -145,7 +126,7 @@ def main() -> None:
     section = render(rows, args.steps)
     print(section)
     if not args.no_write:
-        update_doc(section)
+        update_section(section, START, END)
         print(f"updated {DOC}")
 
 

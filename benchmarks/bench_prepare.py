@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _doc import DOC, cpu_model, update_section  # benchmarks/ is the script's folder
+
 from nemo_steerlm.attributes import DEFAULT_SCHEMA
 from nemo_steerlm.data.prepare import PrepareSpec, SourceSpec, prepare
 from nemo_steerlm.resources import helpsteer_sample_path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- bench_prepare:start -->", "<!-- bench_prepare:end -->"
 FACTORS = (1, 10, 100)
 
@@ -46,16 +47,6 @@ def time_prepare(src: Path, out: Path) -> float:
     seconds = time.perf_counter() - start
     shutil.rmtree(out)
     return seconds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render(results: list[tuple[int, int, float]], ratio: float, tmp_dir: str | None) -> str:
@@ -83,17 +74,6 @@ def render(results: list[tuple[int, int, float]], ratio: float, tmp_dir: str | N
         END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def update_doc(section: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -124,7 +104,7 @@ def main() -> None:
     print(f"time ratio x100/x10 = {ratio:.2f} (target <= 10.5)")
     section = render(results, ratio, args.tmp_dir)
     if not args.no_write:
-        update_doc(section)
+        update_section(section, START, END)
         print(f"updated {DOC}")
     if ratio > 10.5:
         sys.exit(f"prepare scales worse than linearly: ratio {ratio:.2f} > 10.5")
