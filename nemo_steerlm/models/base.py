@@ -57,7 +57,7 @@ def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
         pipeline_model_parallel_size=int(cfg.pipeline_model_parallel_size),
         sequence_parallel=bool(cfg.sequence_parallel),
         params_dtype=str(cfg.params_dtype),
-        # .nemo files written before the setting existed used megatron's local attention: same function
+        # .nemo files from before this setting have none: the default applies (no weights differ either way)
         core_attention=str(cfg.get("core_attention", "sdpa")),
     )
 
