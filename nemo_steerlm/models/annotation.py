@@ -76,7 +76,10 @@ def apply_labels(conv: Conversation, labels: dict[int, str]) -> Conversation:
 
 
 def annotate_conversations(
-    model: Any, conversations: Sequence[Conversation], batch_size: int | None = None
+    model: Any,
+    conversations: Sequence[Conversation],
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], int, int]:
     """Labels a list of conversations with the attribute model (call on every rank).
 
@@ -84,6 +87,8 @@ def annotate_conversations(
         model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel`.
         conversations: the conversations.
         batch_size: samples per prediction batch (per data-parallel rank); default the model's.
+        progress: called after each prediction batch with the assistant turns this rank just scored and the number
+            of turns to score in all.
 
     Returns:
         ``(SFT JSONL lines, assistant turns, truncated turns)``, the same on every rank.
@@ -94,7 +99,8 @@ def annotate_conversations(
     labels: list[str] = []
     truncated = 0
     if requests:
-        preds, truncated = model.predict_texts([text for _, _, text in requests], batch_size)
+        on_batch = None if progress is None else lambda n: progress(n, len(requests))
+        preds, truncated = model.predict_texts([text for _, _, text in requests], batch_size, on_batch)
         scores = [schema.from_predictions(p.tolist()) for p in preds]
         labels = [written.format_label({n: v for n, v in s.items() if n in written}) for s in scores]
     per_conv: list[dict[int, str]] = [{} for _ in conversations]
@@ -148,7 +154,8 @@ def run_chunks(
     """Annotates ``conversations`` chunk by chunk, skipping chunks already committed under ``state_dir``.
 
     Call on every rank. Global rank 0 writes each chunk atomically (``chunk_<start>_<end>.jsonl``) before the next
-    starts; chunk bounds depend only on ``chunk_size``.
+    starts; chunk bounds depend only on ``chunk_size``. ``progress`` receives conversations done: within a chunk
+    after each prediction batch (estimated from this rank's share), the exact rest when the chunk is committed.
 
     Returns:
         The chunk files in order and the run's counts (turn counts cover the chunks computed in this run and
@@ -171,16 +178,45 @@ def run_chunks(
             stats_path = path.with_suffix(".json")
             counts = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else {}
             turns, truncated = turns + counts.get("turns", 0), truncated + counts.get("truncated", 0)
+            if progress is not None:
+                progress(end - start)
         else:
-            lines, n_turns, n_trunc = annotate_conversations(model, conversations[start:end], batch_size)
+            rows = _ChunkProgress(end - start, parallel.dp_size(), progress)
+            lines, n_turns, n_trunc = annotate_conversations(model, conversations[start:end], batch_size, rows.scored)
             turns, truncated = turns + n_turns, truncated + n_trunc
             if parallel.is_global_rank_zero():
                 _commit_chunk(path, lines, {"turns": n_turns, "truncated": n_trunc})
             parallel.barrier()
-        if progress is not None:
-            progress(end - start)
+            rows.finish()
     stats = AnnotationStats(len(conversations), turns, truncated, len(paths), resumed)
     return paths, stats
+
+
+class _ChunkProgress:
+    """Turns "assistant turns scored on this rank" into whole conversations of one chunk for a progress callback.
+
+    Ranks score interleaved shares of the chunk's turns, so this rank's count times the data-parallel size estimates
+    the chunk's; the estimate stays below the chunk's size, and :meth:`finish` reports the exact rest.
+    """
+
+    def __init__(self, rows: int, dp: int, progress: Callable[[int], None] | None) -> None:
+        self.rows, self.dp, self.progress = rows, dp, progress
+        self.done = self.reported = 0
+
+    def scored(self, n: int, turns: int) -> None:
+        """Called after each prediction batch with the turns this rank just scored and the chunk's turns in all."""
+        if self.progress is None:
+            return
+        self.done += n * self.dp
+        now = min(self.rows - 1, self.rows * self.done // turns)
+        if now > self.reported:
+            self.progress(now - self.reported)
+            self.reported = now
+
+    def finish(self) -> None:
+        """The chunk is committed: reports its remaining conversations."""
+        if self.progress is not None:
+            self.progress(self.rows - self.reported)
 
 
 def _commit_chunk(path: Path, lines: list[str], counts: dict[str, int]) -> None:

@@ -8,6 +8,7 @@ computes the same loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -95,11 +96,14 @@ class AttributePredictionModel(MegatronGPTBase):
         )
         return torch.cat(outs) if outs else None
 
-    def predict_dataset(self, dataset: RegressionDataset, batch_size: int | None = None) -> np.ndarray | None:
+    def predict_dataset(
+        self, dataset: RegressionDataset, batch_size: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> np.ndarray | None:
         """Raw scores ``[len(dataset), A]`` in dataset order, split over data-parallel ranks and gathered back.
 
         Batches are formed from length-sorted samples (less padding) and the results put back in order. Returns the
         array on the last pipeline stage of every data-parallel replica and ``None`` on the other stages.
+        ``progress`` is called after each batch with the number of samples this rank just scored.
         """
         rank, size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
         order = sorted(range(len(dataset)), key=lambda i: len(dataset[i].input_ids))
@@ -112,6 +116,8 @@ class AttributePredictionModel(MegatronGPTBase):
             preds = self.predict_batch(collate_regression([dataset[i] for i in idx], pad))
             if preds is not None:
                 results.extend(zip(idx, preds.numpy(), strict=True))
+            if progress is not None:
+                progress(len(idx))
         gathered = parallel.gather_data_parallel(results)
         if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             return None
@@ -120,16 +126,19 @@ class AttributePredictionModel(MegatronGPTBase):
             out[i] = row
         return out
 
-    def predict_texts(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, int]:
+    def predict_texts(
+        self, texts: list[str], batch_size: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> tuple[np.ndarray, int]:
         """Raw scores ``[N, A]`` of regression texts (ending at ``<extra_id_2>``), on every rank.
 
         Returns the scores and how many texts were cut from the left to fit (the read-out always survives).
+        ``progress`` as in :meth:`predict_dataset`.
         """
         records = [(text, [MASK_VALUE] * len(self.schema)) for text in texts]
         dataset = RegressionDataset(
             records, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens)
         )
-        preds = self.broadcast_from_last_stage(self.predict_dataset(dataset, batch_size))
+        preds = self.broadcast_from_last_stage(self.predict_dataset(dataset, batch_size, progress))
         return preds, dataset.num_truncated
 
     def on_validation_epoch_start(self) -> None:

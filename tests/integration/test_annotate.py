@@ -138,3 +138,24 @@ def test_broken_data_line_exits_2_and_writes_nothing(tiny_apm: Path, tmp_path: P
     assert res.returncode == 2
     assert f"{data}:5: field 'conversations[1].from'" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_moves_within_a_chunk_and_counts_every_conversation_once(tiny_apm: Path, tmp_path: Path) -> None:
+    from nemo_steerlm.data.formats import read_sft_jsonl
+    from nemo_steerlm.models.annotation import job_identity, run_chunks
+    from nemo_steerlm.models.checkpoint import restore_nemo
+
+    model = restore_nemo(tiny_apm / "apm.nemo", "apm")
+    data = tiny_apm / "data" / "sft" / "val.jsonl"
+    convs = read_sft_jsonl(data, model.schema)
+    identity = job_identity(tiny_apm / "apm.nemo", data, 32, (0, 1))
+    calls: list[int] = []
+    paths, _ = run_chunks(model, convs, tmp_path / "state", identity, 32, batch_size=4, progress=calls.append)
+    # 43 conversations: a chunk of 32 then one of 11; batches of 4 turns move the bar inside each chunk
+    assert len(paths) == 2 and sum(calls) == len(convs) == 43
+    assert len(calls) > 4 and all(c > 0 for c in calls)
+    done = [sum(calls[: i + 1]) for i in range(len(calls))]
+    assert 32 in done and all(d < 32 for d in done[: done.index(32)])  # never past the chunk before it is committed
+    resumed: list[int] = []
+    run_chunks(model, convs, tmp_path / "state", identity, 32, batch_size=4, progress=resumed.append)
+    assert resumed == [32, 11]  # committed chunks count whole
