@@ -142,7 +142,29 @@ def _reference_lines(ref: Mapping[str, Any]) -> list[str]:
         f"{m} {fmt(ref['spearman'][m])} (within-prompt {fmt(within[m]['mean'] if within[m] else None)})"
         for m in ("words", "fk_grade")
     ]
-    return lines + ["Spearman(label, measure) in the training data: " + ", ".join(parts), ""]
+    lines += ["Spearman(label, measure) in the training data: " + ", ".join(parts), ""]
+    return lines + (_coverage_lines(ref["coverage"]) if ref.get("coverage") else [])
+
+
+def _coverage_lines(cov: Mapping[str, Any]) -> list[str]:
+    """How many labelled training turns carry each requested value, and each whole sweep label."""
+    values = "; ".join(
+        f"{name} " + ", ".join(f"{value}: {fmt(n)}" for value, n in counts.items())
+        for name, counts in cov["values"].items()
+    )
+    whole = ", ".join(fmt(n) for n in cov["labels"].values())
+    lines = [
+        f"Label coverage, labelled training turns ({fmt(cov['turns'])}) with each requested value: {values}. "
+        f"With the whole sweep label, level by level: {whole}.",
+        "",
+    ]
+    if cov["unseen"]:
+        lines += [
+            f"**Never in the training data: {', '.join(cov['unseen'])}.** The sweep asks for labels the model never "
+            "saw; `steer.NAME=V` holds an attribute at a level the data has.",
+            "",
+        ]
+    return lines
 
 
 def _mt_bench_section(mt: Mapping[str, Any]) -> list[str]:

@@ -6,7 +6,7 @@ returns the section of the results dict that :mod:`nemo_steerlm.evaluation.repor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +50,23 @@ def run_steerability(
     params: SamplingParams,
     out_dir: Path,
     reference_file: Path | None = None,
+    base: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Sweeps each attribute over ``values`` (others at the default label) and measures what changed.
+    """Sweeps each attribute over ``values`` (others at the default label, ``base`` on it) and measures what changed.
 
-    With ``reference_file`` (an SFT JSONL of labelled conversations, e.g. ``prepare``'s ``sft/train.jsonl``), each
-    attribute's summary also carries the same measures of its responses at their labels (``data_reference``, with
-    the ``file``): what imitating the training data would reach.
+    With ``reference_file`` (the SFT's labelled training conversations), each attribute's summary also carries the
+    same measures of its responses at their labels (``data_reference``, with the ``file``): what imitating the
+    training data would reach; and how often that data holds each requested value and label (``coverage``, see
+    :func:`steerability.label_coverage`).
 
     Returns the steerability results and one record per generated response (for ``steer_responses.jsonl``).
     """
     schema: AttributeSchema = sft.labelled_schema
     sweeps: dict[str, list[steerability.SteerSample]] = {}
     records: list[dict[str, Any]] = []
+    sweep_labels = {a: steerability.sweep_labels(schema, a, list(values), base) for a in attributes}
     for attribute in attributes:
-        labels = steerability.sweep_labels(schema, attribute, list(values))
+        labels = sweep_labels[attribute]
         convs = [c for _ in labels for c in prompts]
         per_prompt = [label for label in labels for _ in prompts]
         gens = generate_full(sft, convs, per_prompt, params)
@@ -95,7 +98,8 @@ def run_steerability(
         reference = read_sft_jsonl(reference_file, sft.schema)
         for attribute in attributes:
             ref = steerability.data_reference(reference, sft.schema, attribute, values)
-            results[attribute]["data_reference"] = {**ref, "file": str(reference_file)}
+            coverage = steerability.label_coverage(reference, sft.schema, sweep_labels[attribute])
+            results[attribute]["data_reference"] = {**ref, "coverage": coverage, "file": str(reference_file)}
     steerability.plot_steerability(results, out_dir / "steerability.png")
     return results, records
 

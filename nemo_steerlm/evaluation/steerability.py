@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.attributes import ASSISTANT_ROLE, AttributeSchema
 from nemo_steerlm.data.template import Conversation
 from nemo_steerlm.evaluation._io import new_figure, save_figure
 
@@ -230,6 +230,40 @@ def data_reference(
     summary = summarise_sweep(samples)
     summary.pop("responses")
     return {**summary, **counts}
+
+
+def label_coverage(
+    conversations: Sequence[Conversation], schema: AttributeSchema, labels: Sequence[str]
+) -> dict[str, Any]:
+    """How often the training data holds the values a sweep asks for: a model cannot imitate what it never saw.
+
+    Every labelled assistant turn counts (that is what SFT trains on). For each attribute of ``labels`` the number
+    of turns labelled with each requested value is given, and for each label how many turns carry exactly it.
+
+    Args:
+        conversations: labelled conversations (the SFT training data).
+        schema: the schema the labels are written in.
+        labels: the sweep's steering labels (see :func:`sweep_labels`).
+
+    Returns:
+        ``{"turns": n labelled turns, "values": {attribute: {"value": count}}, "labels": {label: count},
+        "unseen": ["attribute=value", ...]}`` (``unseen``: requested values that no turn carries).
+    """
+    requested = [schema.parse_label(label) for label in labels]
+    seen: list[dict[str, int]] = [
+        schema.parse_label(turn.label)
+        for conv in conversations
+        for turn in conv.turns
+        if turn.role == ASSISTANT_ROLE and turn.label
+    ]
+    values: dict[str, dict[str, int]] = {}
+    for wanted in requested:
+        for name, value in wanted.items():
+            count = sum(1 for got in seen if got.get(name) == value)
+            values.setdefault(name, {})[str(value)] = count
+    exact = {label: sum(1 for got in seen if got == wanted) for label, wanted in zip(labels, requested, strict=True)}
+    unseen = [f"{name}={value}" for name, counts in values.items() for value, n in counts.items() if n == 0]
+    return {"turns": len(seen), "values": values, "labels": exact, "unseen": unseen}
 
 
 def compute_steerability(sweeps: Mapping[str, Sequence[SteerSample | Sequence[Any]]]) -> dict[str, Any]:

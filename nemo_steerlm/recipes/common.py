@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from nemo_steerlm.attributes import AttributeSchema
+from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
 
@@ -77,6 +77,27 @@ def schema_from_cfg(cfg: DictConfig) -> AttributeSchema:
     """Builds the attribute schema from the ``attributes`` config group."""
     a = cfg.attributes
     return AttributeSchema.create(list(a.names), list(a.drop), int(a.min_value), int(a.max_value))
+
+
+def accept_steer_overrides(argv: list[str]) -> list[str]:
+    """``steer.NAME=V`` -> ``+steer.NAME=V`` (the names depend on the model's schema; they are checked later)."""
+    return [f"+{a}" if a.startswith("steer.") else a for a in argv]
+
+
+def steer_overrides(steer: DictConfig, schema: AttributeSchema) -> dict[str, int]:
+    """The ``steer.NAME=V`` overrides of the default steering label, each checked against ``schema``.
+
+    Raises:
+        UserError: naming ``steer.NAME`` for an attribute the model's labels do not hold or a value out of range.
+    """
+    overrides = OmegaConf.to_container(steer, resolve=True) or {}
+    checked: dict[str, int] = {}
+    for name, value in overrides.items():
+        try:
+            checked[str(name)] = schema.check_value(str(name), value)
+        except LabelError as err:
+            raise UserError(f"steer.{name}={value}: {err}") from None
+    return checked
 
 
 def require_path(cfg: DictConfig, key: str, what: str) -> Path:

@@ -6,6 +6,7 @@ comes from ``results.json`` and the files next to it.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import MissingInputError, UserError
-from nemo_steerlm.recipes.common import run_stage, stage_app
+from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage_app, steer_overrides
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -40,6 +41,10 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
     if sft is not None and cfg.steerability.enabled and cfg.steerability.prompts == "heldout" and data is None:
         raise MissingInputError(
             "steerability needs held-out prompts: pass data=PREPARED (or steerability.enabled=false)"
+        )
+    if cfg.steerability.reference is not None and not Path(str(cfg.steerability.reference)).is_file():
+        raise MissingInputError(
+            f"steerability.reference={cfg.steerability.reference}: no such file (the SFT's training JSONL, or null)"
         )
     return sft, apm, data
 
@@ -74,13 +79,33 @@ def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
     return runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[:n]
 
 
+def _reference_file(cfg: DictConfig, data: Path | None) -> Path | None:
+    """``steerability.reference`` (checked in :func:`_inputs`), else the prepared ``sft/train.jsonl`` (or ``None``)."""
+    if cfg.reference is not None:
+        return Path(str(cfg.reference))
+    return data / "sft" / "train.jsonl" if data is not None else None
+
+
+def _warn_unseen(steer: dict[str, Any]) -> None:
+    """Says which requested label values the SFT training data never holds (the sweep asks the model to extrapolate)."""
+    for attribute, summary in steer.items():
+        coverage = (summary.get("data_reference") or {}).get("coverage")
+        if coverage and coverage["unseen"]:
+            print(
+                f"evaluate: the {attribute} sweep asks for {', '.join(coverage['unseen'])}, which none of the "
+                f"{coverage['turns']} labelled training turns has; hold such attributes at a level the data has "
+                "with steer.NAME=V"
+            )
+
+
 def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any) -> dict:
     """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model."""
     from nemo_steerlm.data.io import dump_json_line, write_jsonl_atomic
     from nemo_steerlm.evaluation import runner
 
     results: dict[str, Any] = {}
-    params, label = _sampling(cfg), sft.labelled_schema.steer_label()
+    steer = steer_overrides(cfg.steer, sft.labelled_schema)  # checked before any output (see body)
+    params, label = _sampling(cfg), sft.labelled_schema.steer_label(steer)
     val = data / "sft" / "val.jsonl" if data is not None else None
     if cfg.steerability.enabled:
         t = time.perf_counter()
@@ -90,10 +115,11 @@ def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: P
         if skipped:
             print(f"evaluate: steerability skips {skipped}: the SFT model's labels never held them")
             results["steerability_skipped"] = skipped
-        train = data / "sft" / "train.jsonl" if data is not None else None
+        train = _reference_file(cfg.steerability, data)
         levels = list(cfg.steerability.levels)
-        res, records = runner.run_steerability(sft, apm, prompts, attrs, levels, params, out, train)
+        res, records = runner.run_steerability(sft, apm, prompts, attrs, levels, params, out, train, steer)
         write_jsonl_atomic(out / "steer_responses.jsonl", (dump_json_line(r) for r in records))
+        _warn_unseen(res)
         results["steerability"], timings["steerability"] = res, time.perf_counter() - t
         results.setdefault("plots", {})["steerability"] = "steerability.png"
     if cfg.mt_bench.enabled:
@@ -137,6 +163,9 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     sft_path, apm_path, data = _inputs(cfg)
     judge = _judge(cfg.mt_bench.judge) if sft_path is not None and cfg.mt_bench.enabled else None
+    sft = restore_nemo(sft_path, "sft") if sft_path is not None else None
+    if sft is not None:
+        steer_overrides(cfg.steer, sft.labelled_schema)
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"inputs": {"model": str(sft_path), "apm": str(apm_path), "data": str(data)}}
     timings: dict[str, float] = {}
@@ -148,8 +177,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         )
         results.setdefault("plots", {})["apm"] = "apm_scatter.png"
         timings["apm_metrics"] = time.perf_counter() - t
-    if sft_path is not None:
-        sft = restore_nemo(sft_path, "sft")
+    if sft is not None:
         sections = _sft_sections(cfg, sft, apm, data, output_dir, timings, judge)
         plots = {**results.get("plots", {}), **sections.pop("plots", {})}
         results.update(sections, plots=plots)
@@ -162,9 +190,14 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("evaluate")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+def _app(cfg: DictConfig) -> None:
     run_stage("evaluate", cfg, body)
+
+
+def main() -> None:
+    """Hydra entry point (``steer.NAME=V`` accepted)."""
+    sys.argv = accept_steer_overrides(sys.argv)
+    _app()
 
 
 if __name__ == "__main__":

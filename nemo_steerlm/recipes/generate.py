@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
 from nemo_steerlm.data.io import DataError, dump_json_line, read_jsonl, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
+from nemo_steerlm.recipes.common import accept_steer_overrides, require_path, run_stage, stage_app, steer_overrides
 from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 OUTPUT_NAME = "generations.jsonl"
-
-
-def accept_steer_overrides(argv: Sequence[str]) -> list[str]:
-    """``steer.NAME=V`` -> ``+steer.NAME=V`` (the names depend on the model's schema; they are checked later)."""
-    return [f"+{a}" if a.startswith("steer.") else a for a in argv]
 
 
 def steering_label(cfg: DictConfig, schema: AttributeSchema) -> str:
@@ -37,13 +31,7 @@ def steering_label(cfg: DictConfig, schema: AttributeSchema) -> str:
         except LabelError as err:
             raise UserError(f"label={cfg.label}: {err}") from None
         return str(cfg.label)
-    overrides = OmegaConf.to_container(cfg.steer, resolve=True) or {}
-    for name, value in overrides.items():
-        try:
-            schema.check_value(name, value)
-        except LabelError as err:
-            raise UserError(f"steer.{name}={value}: {err}") from None
-    return schema.steer_label(overrides)
+    return schema.steer_label(steer_overrides(cfg.steer, schema))
 
 
 def read_prompts(path: Path, schema: AttributeSchema) -> list[tuple[str, Conversation, str | None]]:

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import run_stage, stage_app
+from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage_app
 
 FORWARDED_GROUPS = ("preset", "dataset", "attributes")
 STAGE_NAMES = {
@@ -49,9 +49,9 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
     prepared = root / "prepare"
     annotated = root / "annotate" / "train.annotated.jsonl"
     if str(cfg.sft_labels) == "annotated":
-        sft_data = [f"data={annotated}", f"val_data={prepared / 'sft' / 'val.jsonl'}"]
+        sft_data, sft_train = [f"data={annotated}", f"val_data={prepared / 'sft' / 'val.jsonl'}"], annotated
     elif str(cfg.sft_labels) == "human":
-        sft_data = [f"data={prepared}"]
+        sft_data, sft_train = [f"data={prepared}"], prepared / "sft" / "train.jsonl"
     else:
         raise UserError(f"sft_labels={cfg.sft_labels}: choose annotated or human")
     return {
@@ -59,7 +59,13 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
         "train_apm": [f"data={prepared}"],
         "annotate": [f"model={apm}", f"data={prepared / 'sft' / 'train.jsonl'}"],
         "train_sft": sft_data,
-        "evaluate": [f"model={sft}", f"apm={apm}", f"data={prepared}", f"run_dir={root}"],
+        "evaluate": [
+            f"model={sft}",
+            f"apm={apm}",
+            f"data={prepared}",
+            f"run_dir={root}",
+            f"steerability.reference={sft_train}",
+        ],
     }
 
 
@@ -73,6 +79,8 @@ def _run_one(stage: str, cfg: DictConfig, root: Path, wiring: list[str]) -> dict
         print(f"nemo-steerlm run: {name} already done ({summary_file}), skipping")
         return json.loads(summary_file.read_text(encoding="utf-8"))
     overrides = [*_forwarded(stage), *wiring, *[str(o) for o in cfg.overrides[stage]], f"output_dir={out}"]
+    if stage == "evaluate":
+        overrides = accept_steer_overrides(overrides)
     print(f"nemo-steerlm run: {name} {' '.join(overrides)}", flush=True)
     stage_cfg = compose(config_name=stage, overrides=overrides)
     module = importlib.import_module(f"nemo_steerlm.recipes.{stage}")

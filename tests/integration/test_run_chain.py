@@ -46,14 +46,24 @@ def test_report_has_every_section_and_its_numbers_come_from_results(chain: tuple
         sweep = results["steerability"][attribute]
         assert "spearman" in json.dumps(sweep)
         assert f"### {attribute}" in report
-    # the training data's own curve: prepare's HelpSteer rows at their human verbosity labels, recounted here
+    # the training data's own curve: what train-sft read (annotate's labels), recounted here
     ref = results["steerability"]["verbosity"]["data_reference"]
-    rows = [json.loads(x) for x in (out / "prepare" / "sft" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    at_zero = [r["conversations"][-1]["value"] for r in rows if r["conversations"][-1]["label"].endswith("verbosity:0")]
-    assert ref["file"] == str(out / "prepare" / "sft" / "train.jsonl")
+    annotated = out / "annotate" / "train.annotated.jsonl"
+    rows = [json.loads(x)["conversations"][-1] for x in annotated.read_text(encoding="utf-8").splitlines()]
+    lowest = min(int(r["label"].rsplit("verbosity:", 1)[1]) for r in rows)
+    at_lowest = [r["value"] for r in rows if r["label"].endswith(f"verbosity:{lowest}")]
+    assert ref["file"] == str(annotated)
     assert ref["n"] == len(rows) and ref["unlabelled"] == ref["outside_levels"] == 0  # tiny preset sweeps 0..4
-    assert ref["levels"][0]["words"]["mean"] == pytest.approx(sum(len(t.split()) for t in at_zero) / len(at_zero))
+    assert ref["levels"][0]["requested"] == lowest
+    words = sum(len(t.split()) for t in at_lowest) / len(at_lowest)
+    assert ref["levels"][0]["words"]["mean"] == pytest.approx(words)
     assert "Spearman(label, measure) in the training data: words" in report
+    # label coverage: the verbosity sweep holds complexity at the default 4; count it in the annotations
+    cov = ref["coverage"]
+    assert cov["turns"] == len(rows)
+    assert cov["values"]["complexity"] == {"4": sum("complexity:4" in r["label"] for r in rows)}
+    assert sum(cov["values"]["verbosity"].values()) == len(rows)  # every turn has one of the levels 0..4
+    assert "Label coverage, labelled training turns" in report
     tqa = results["truthfulqa"]
     assert tqa["n"] == 24 and 0.0 <= tqa["mc1"] <= 1.0 and 0.0 <= tqa["mc2"] <= 1.0
     assert results["perplexity"]["perplexity"] > 1.0

@@ -11,7 +11,7 @@ from nemo_steerlm.evaluation.apm_metrics import compute_apm_metrics, plot_apm
 from nemo_steerlm.evaluation.mt_bench import judge_answers
 from nemo_steerlm.evaluation.perplexity import perplexity
 from nemo_steerlm.evaluation.report import fmt, package_versions, render_report, write_report
-from nemo_steerlm.evaluation.steerability import compute_steerability, data_reference
+from nemo_steerlm.evaluation.steerability import compute_steerability, data_reference, label_coverage
 from nemo_steerlm.evaluation.truthfulqa import TruthfulQAItem, evaluate_truthfulqa
 
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
@@ -34,6 +34,7 @@ def _results(tmp_path):
     ]
     steer["verbosity"]["data_reference"] = {
         **data_reference(reference, AttributeSchema(("verbosity",)), "verbosity", [0, 4]),
+        "coverage": label_coverage(reference, AttributeSchema(("verbosity",)), ["verbosity:0", "verbosity:4"]),
         "file": "data/sft/train.jsonl",
     }
     items = [TruthfulQAItem("Q?", "Toy", "yes", ("yes",), ("no", "maybe"))]
@@ -99,6 +100,16 @@ def test_sections_links_and_values(tmp_path):
     ref = "Training data `data/sft/train.jsonl`, its responses at their labels (2; 1 at other levels and 0 unlabelled"
     assert ref in text and "| 4 | 1 | 7.000 ± 0.000 |" in text
     assert "Spearman(label, measure) in the training data: words 1.000 (within-prompt 1.000)" in text
+    coverage = "labelled training turns (3) with each requested value: verbosity 0: 1, 4: 1. With the whole sweep"
+    assert coverage in text and "level by level: 1, 1." in text and "Never in the training data" not in text
+    ref_entry = results["steerability"]["verbosity"]["data_reference"]
+    ref_entry["coverage"] = label_coverage(
+        [Conversation([Turn("Q?", USER_ROLE, None), Turn("Tiny.", ASSISTANT_ROLE, "verbosity:0")])],
+        AttributeSchema(("verbosity",)),
+        ["verbosity:0", "verbosity:3"],
+    )
+    unseen = render_report(results, tmp_path, CONFIG)
+    assert "**Never in the training data: verbosity=3.**" in unseen and "verbosity 0: 1, 3: 0." in unseen
     assert f"| 1 | {fmt(results['truthfulqa']['mc1'])} | {fmt(results['truthfulqa']['mc2'])} |" in text
     assert "| 0.000 |" in text.split("## TruthfulQA")[1]  # MC1 0: "maybe" beats "yes"
     assert f"| {fmt(results['perplexity']['perplexity'])} |" in text

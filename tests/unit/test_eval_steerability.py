@@ -11,6 +11,7 @@ from nemo_steerlm.evaluation.steerability import (
     compute_steerability,
     data_reference,
     fk_grade,
+    label_coverage,
     plot_steerability,
     reference_samples,
     sweep_labels,
@@ -151,3 +152,33 @@ def test_plot_draws_the_data_reference(tmp_path):
     del results["verbosity"]["data_reference"]
     without = plot_steerability(results, tmp_path / "plain.png").read_bytes()
     assert with_ref[:8] == b"\x89PNG\r\n\x1a\n" and with_ref != without
+
+
+def test_label_coverage_counts_every_labelled_assistant_turn():
+    schema = AttributeSchema(("complexity", "verbosity"))
+    two_turns = Conversation(
+        [
+            Turn("A?", USER_ROLE, None),
+            Turn("a", ASSISTANT_ROLE, "complexity:2,verbosity:0"),
+            Turn("More?", USER_ROLE, None),
+            Turn("a b", ASSISTANT_ROLE, "complexity:2,verbosity:1"),
+        ]
+    )
+    convs = [
+        two_turns,
+        _labelled("B?", "b", "complexity:1,verbosity:1"),
+        _labelled("C?", "c", "verbosity:1"),  # no complexity: counts for verbosity only
+        _labelled("D?", "d", None),  # unlabelled: not a labelled turn
+    ]
+    labels = sweep_labels(schema, "verbosity", [0, 1, 3], {"complexity": 2})
+    cov = label_coverage(convs, schema, labels)
+    assert cov["turns"] == 4
+    assert cov["values"] == {"complexity": {"2": 2}, "verbosity": {"0": 1, "1": 3, "3": 0}}
+    assert cov["labels"] == dict(zip(labels, [1, 1, 0], strict=True))
+    assert cov["unseen"] == ["verbosity=3"]
+    # the schema's default (4) for the attribute held fixed: never in this data
+    default = label_coverage(convs, schema, sweep_labels(schema, "verbosity", [1]))
+    assert default["values"]["complexity"] == {"4": 0} and default["unseen"] == ["complexity=4"]
+    assert default["labels"] == {"complexity:4,verbosity:1": 0}
+    with pytest.raises(LabelError):  # a training label the schema cannot read is an error, not a skip
+        label_coverage([_labelled("E?", "e", "humor:1")], schema, labels)
