@@ -161,7 +161,7 @@ def _coverage_lines(cov: Mapping[str, Any]) -> list[str]:
     if cov["unseen"]:
         lines += [
             f"**Never in the training data: {', '.join(cov['unseen'])}.** The sweep asks for labels the model never "
-            "saw; `steer.NAME=V` holds an attribute at a level the data has.",
+            "saw; `steer.NAME=V` sets an attribute the sweep holds fixed to a level the data has.",
             "",
         ]
     return lines

@@ -93,8 +93,8 @@ def _warn_unseen(steer: dict[str, Any]) -> None:
         if coverage and coverage["unseen"]:
             print(
                 f"evaluate: the {attribute} sweep asks for {', '.join(coverage['unseen'])}, which none of the "
-                f"{coverage['turns']} labelled training turns has; hold such attributes at a level the data has "
-                "with steer.NAME=V"
+                f"{coverage['turns']} labelled training turns has; steer.NAME=V sets an attribute the sweep holds "
+                "fixed to a level the data has"
             )
 
 

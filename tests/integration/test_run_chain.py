@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 FAST = [
     'overrides.train_apm=["trainer.max_steps=4","trainer.val_check_interval=2"]',
     'overrides.train_sft=["trainer.max_steps=4","trainer.val_check_interval=2"]',
-    'overrides.evaluate=["steerability.num_prompts=2","generation.max_new_tokens=8","truthfulqa.max_questions=24"]',
+    'overrides.evaluate=["steerability.num_prompts=2","generation.max_new_tokens=8","truthfulqa.max_questions=24",'
+    '"steer.complexity=2"]',
 ]
 HELPSTEER = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 
@@ -58,10 +59,14 @@ def test_report_has_every_section_and_its_numbers_come_from_results(chain: tuple
     words = sum(len(t.split()) for t in at_lowest) / len(at_lowest)
     assert ref["levels"][0]["words"]["mean"] == pytest.approx(words)
     assert "Spearman(label, measure) in the training data: words" in report
-    # label coverage: the verbosity sweep holds complexity at the default 4; count it in the annotations
+    # steer.complexity=2 reached evaluate through run: the verbosity sweep holds complexity at 2, and the label
+    # coverage counts it in the annotations
+    lines = (out / "evaluate" / "steer_responses.jsonl").read_text(encoding="utf-8").splitlines()
+    steered = [json.loads(x) for x in lines if json.loads(x)["attribute"] == "verbosity"]
+    assert steered and all(",complexity:2," in r["label"] for r in steered)
     cov = ref["coverage"]
     assert cov["turns"] == len(rows)
-    assert cov["values"]["complexity"] == {"4": sum("complexity:4" in r["label"] for r in rows)}
+    assert cov["values"]["complexity"] == {"2": sum("complexity:2" in r["label"] for r in rows)}
     assert sum(cov["values"]["verbosity"].values()) == len(rows)  # every turn has one of the levels 0..4
     assert "Label coverage, labelled training turns" in report
     tqa = results["truthfulqa"]
