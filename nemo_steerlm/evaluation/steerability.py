@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -256,11 +257,12 @@ def label_coverage(
         for turn in conv.turns
         if turn.role == ASSISTANT_ROLE and turn.label
     ]
+    names = dict.fromkeys(name for wanted in requested for name in wanted)
+    counts = {name: Counter(got[name] for got in seen if name in got) for name in names}
     values: dict[str, dict[str, int]] = {}
     for wanted in requested:
         for name, value in wanted.items():
-            count = sum(1 for got in seen if got.get(name) == value)
-            values.setdefault(name, {})[str(value)] = count
+            values.setdefault(name, {})[str(value)] = counts[name][value]
     exact = {label: sum(1 for got in seen if got == wanted) for label, wanted in zip(labels, requested, strict=True)}
     unseen = [f"{name}={value}" for name, counts in values.items() for value, n in counts.items() if n == 0]
     return {"turns": len(seen), "values": values, "labels": exact, "unseen": unseen}

@@ -98,13 +98,14 @@ def _warn_unseen(steer: dict[str, Any]) -> None:
             )
 
 
-def _sft_sections(cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any) -> dict:
-    """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model."""
+def _sft_sections(
+    cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any, steer: dict[str, int]
+) -> dict:
+    """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model (``steer``: the checked ``steer.*``)."""
     from nemo_steerlm.data.io import dump_json_line, write_jsonl_atomic
     from nemo_steerlm.evaluation import runner
 
     results: dict[str, Any] = {}
-    steer = steer_overrides(cfg.steer, sft.labelled_schema)  # checked before any output (see body)
     params, label = _sampling(cfg), sft.labelled_schema.steer_label(steer)
     val = data / "sft" / "val.jsonl" if data is not None else None
     if cfg.steerability.enabled:
@@ -164,8 +165,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     sft_path, apm_path, data = _inputs(cfg)
     judge = _judge(cfg.mt_bench.judge) if sft_path is not None and cfg.mt_bench.enabled else None
     sft = restore_nemo(sft_path, "sft") if sft_path is not None else None
-    if sft is not None:
-        steer_overrides(cfg.steer, sft.labelled_schema)
+    steer = steer_overrides(cfg.steer, sft.labelled_schema) if sft is not None else {}  # before any output
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"inputs": {"model": str(sft_path), "apm": str(apm_path), "data": str(data)}}
     timings: dict[str, float] = {}
@@ -178,7 +178,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results.setdefault("plots", {})["apm"] = "apm_scatter.png"
         timings["apm_metrics"] = time.perf_counter() - t
     if sft is not None:
-        sections = _sft_sections(cfg, sft, apm, data, output_dir, timings, judge)
+        sections = _sft_sections(cfg, sft, apm, data, output_dir, timings, judge, steer)
         plots = {**results.get("plots", {}), **sections.pop("plots", {})}
         results.update(sections, plots=plots)
     results["versions"], results["timings"] = package_versions(), {k: round(v, 2) for k, v in timings.items()}
