@@ -221,7 +221,10 @@ class AtomicFileSet:
         target = self.root / relpath
         missing = [d for d in [target.parent, *target.parent.parents] if not d.exists()]
         for directory in reversed(missing):
-            directory.mkdir()
+            try:
+                directory.mkdir()
+            except FileExistsError:  # another process made it meanwhile: it is not ours to remove on abort
+                continue
             self.created_dirs.append(directory)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         writer = LineWriter(target, os.fdopen(fd, "wb"), Path(tmp))

@@ -50,12 +50,58 @@ def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
     return decorate
 
 
+#: the launchers' variables that give a process its global rank (torchrun, SLURM's srun, Open MPI), in that order
+LAUNCHER_RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+#: how long a rank waits for a file that global rank 0 makes (seconds; ``NEMO_STEERLM_RANK_WAIT_S`` overrides)
+RANK_WAIT_S = 1800.0
+
+
+def launcher_rank() -> int:
+    """This process's global rank as its launcher set it (0 for a process that no launcher started)."""
+    for var in LAUNCHER_RANK_VARS:
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
 def is_global_rank_zero() -> bool:
-    """Whether this process is global rank 0 (from torch.distributed if started, else the launcher's RANK)."""
+    """Whether this process is global rank 0 (from torch.distributed if started, else the launcher's variables)."""
     dist_module = sys.modules.get("torch.distributed")
     if dist_module is not None and dist_module.is_available() and dist_module.is_initialized():
         return dist_module.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
+    return launcher_rank() == 0
+
+
+def rank_zero_makes(marker: Path, make: Callable[[], object], what: str) -> None:
+    """Lets exactly one process of a job make a file set: global rank 0 runs ``make``, the others wait for ``marker``.
+
+    Works before ``torch.distributed`` exists (several ranks of one stage started by torchrun or srun, sharing
+    ``output_dir``), across nodes on a shared file system. ``make`` must write ``marker`` last (atomically), so a
+    waiting rank that sees it sees every file. Nothing is made when ``marker`` exists already.
+
+    Raises:
+        UserError: on a rank other than 0 when ``marker`` has not appeared within ``NEMO_STEERLM_RANK_WAIT_S``
+            seconds (default :data:`RANK_WAIT_S`): rank 0 failed or is too slow, and its log says why.
+    """
+    if marker.exists():
+        return
+    rank = launcher_rank()
+    if rank == 0:
+        make()
+        return
+    raw = os.environ.get("NEMO_STEERLM_RANK_WAIT_S", str(RANK_WAIT_S))
+    try:
+        limit = float(raw)
+    except ValueError:
+        raise UserError(f"NEMO_STEERLM_RANK_WAIT_S={raw!r}: expected a number of seconds") from None
+    deadline = time.monotonic() + limit
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"rank {rank}: waited {limit:g} s for {marker} ({what}), which global rank 0 makes; it never came. "
+                "Read rank 0's log for its error, or set NEMO_STEERLM_RANK_WAIT_S to wait longer"
+            )
+        time.sleep(0.1)
 
 
 def teardown_distributed() -> None:

@@ -14,10 +14,8 @@ from nemo_steerlm.data.prepare import prepare
 from nemo_steerlm.errors import MissingInputError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.strategy import MegatronStrategy
-from nemo_steerlm.recipes.common import schema_from_cfg
+from nemo_steerlm.recipes.common import LAUNCHER_RANK_VARS, rank_zero_makes, schema_from_cfg
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
-
-LAUNCHER_ENV = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 
 
 def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
@@ -27,7 +25,7 @@ def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
     ``srun`` starts one task per device instead.
     """
     devices = int(cfg.trainer.devices)
-    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or any(k in os.environ for k in LAUNCHER_ENV):
+    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or any(k in os.environ for k in LAUNCHER_RANK_VARS):
         return
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
     args += ["-m", module, *sys.argv[1:]]
@@ -102,12 +100,12 @@ def resolve_training_files(cfg: DictConfig, output_dir: Path, kind: str) -> tupl
     """The ``(train, validation)`` JSONL files of ``kind`` (``regression`` or ``sft``) for a training stage.
 
     ``data`` may be a ``prepare`` output folder, a single train file, or null (prepare ``dataset`` into
-    ``output_dir/data``, once).
+    ``output_dir/data``, once: global rank 0 prepares, the other ranks of the job wait for its manifest).
     """
     if cfg.data is None:
         data_dir = output_dir / "data"
-        if not (data_dir / "manifest.json").exists():
-            prepare(prepare_spec_from_cfg(cfg.dataset), schema_from_cfg(cfg), data_dir)
+        spec, schema = prepare_spec_from_cfg(cfg.dataset), schema_from_cfg(cfg)
+        rank_zero_makes(data_dir / "manifest.json", lambda: prepare(spec, schema, data_dir), "the prepared data")
         return data_dir / kind / "train.jsonl", data_dir / kind / "val.jsonl"
     path = Path(str(cfg.data))
     if path.is_dir():
