@@ -67,8 +67,42 @@ def collate_regression(samples: Sequence[RegressionSample], pad_id: int) -> dict
     }
 
 
+class EpochShuffle(Sampler[int]):
+    """Sample indices in a seeded order that changes every epoch.
+
+    Lightning calls ``set_epoch`` on a loader's ``sampler`` and on its ``batch_sampler.sampler`` at the start of
+    every epoch (also after a resume, with the restored epoch), never on the batch sampler itself: the order must live
+    here for every epoch to see a new one.
+
+    Args:
+        num_samples: dataset size.
+        shuffle: a new order every epoch (seeded with ``seed + epoch``); ``False`` = input order.
+        seed: base seed.
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int) -> None:
+        super().__init__()
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch's order."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=gen).tolist())
+
+
 class MegatronBatchSampler(Sampler[list[int]]):
     """Yields, per optimizer step, this data-parallel rank's share of a global batch.
+
+    The order comes from :attr:`sampler` (an :class:`EpochShuffle`), which Lightning moves to the next epoch.
 
     Args:
         num_samples: dataset size.
@@ -77,8 +111,8 @@ class MegatronBatchSampler(Sampler[list[int]]):
         dp_size: data-parallel world size.
         shuffle: reshuffle every epoch (seeded with ``seed + epoch``).
         seed: base seed.
-        drop_last: drop the incomplete last global batch (training); when False the last batch is shared out
-            as evenly as possible (evaluation), and a rank may get an empty share.
+        drop_last: drop the incomplete last global batch (training: a different remainder each epoch); when False
+            the last batch is shared out as evenly as possible (evaluation), and a rank may get an empty share.
     """
 
     def __init__(
@@ -95,24 +129,19 @@ class MegatronBatchSampler(Sampler[list[int]]):
         if global_batch_size % dp_size:
             raise ValueError(f"global batch {global_batch_size} is not divisible by data-parallel size {dp_size}")
         self.num_samples, self.global_batch_size = num_samples, global_batch_size
-        self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.epoch = 0
+        self.dp_rank, self.dp_size, self.drop_last = dp_rank, dp_size, drop_last
+        self.sampler = EpochShuffle(num_samples, shuffle, seed)
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch's shuffle (Lightning calls this)."""
-        self.epoch = epoch
+        """Selects the epoch's shuffle."""
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.global_batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=gen).tolist()
-        else:
-            order = list(range(self.num_samples))
+        order = list(self.sampler)
         for step in range(len(self)):
             batch = order[step * self.global_batch_size : (step + 1) * self.global_batch_size]
             share = -(-len(batch) // self.dp_size)
