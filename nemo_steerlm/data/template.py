@@ -131,16 +131,28 @@ def render_sft(conv: Conversation) -> RenderedText:
 
 def render_prompt(conv: Conversation, label: str | None) -> str:
     """Renders an inference prompt: the conversation so far, then the assistant header and the steering label."""
+    return render_prompt_marked(conv, label)[0]
+
+
+def render_prompt_marked(conv: Conversation, label: str | None) -> tuple[str, int]:
+    """:func:`render_prompt` and the character where its first assistant answer starts (its length when none).
+
+    That answer is where training's loss starts (:func:`render_sft`), so the prompt policy counts the context before
+    it the same way at inference (see :class:`~nemo_steerlm.data.tokenization.PromptPolicy`).
+    """
     text = system_header(conv.system)
+    first_answer = -1
     for turn in conv.turns:
         text += turn_header(turn.role)
         if not conv.is_user(turn) and turn.label is not None:
             text += label_block(turn.label)
+        if not conv.is_user(turn) and first_answer < 0:
+            first_answer = len(text)
         text += f"{turn.value}\n"
     text += turn_header(ASSISTANT_ROLE)
     if label is not None:
         text += label_block(label)
-    return text
+    return text, first_answer if first_answer >= 0 else len(text)
 
 
 def render_regression(conv: Conversation, schema: AttributeSchema) -> list[tuple[str, list[float]]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, TURN_MARKER
+from nemo_steerlm.data.template import Conversation, render_prompt_marked
 from nemo_steerlm.errors import MissingInputError, UserError
 
 
@@ -50,6 +51,25 @@ def final_response_start(text: str) -> int:
     return max(idx, 0)
 
 
+def keep_from(n_ids: int, tail_start: int, limit: int, max_context_tokens: int) -> int:
+    """THE truncation rule of every model input: the first of ``n_ids`` tokens to keep.
+
+    The tail (tokens from ``tail_start`` on: the trained response(s) of an SFT sample, the response and read-out of
+    an APM text, or the prompt's earlier answers plus the response still to come at inference) survives; the context
+    before it keeps at most ``max_context_tokens`` tokens (``0`` = no cap) and whatever fits in ``limit``; only a
+    tail longer than ``limit`` is cut itself, from the left.
+    """
+    allowed_context = max(limit - (n_ids - tail_start), 0)
+    if max_context_tokens > 0:
+        allowed_context = min(allowed_context, max_context_tokens)
+    return max(tail_start - allowed_context, 0, n_ids - limit)
+
+
+def first_token_at(offsets: list[tuple[int, int]], char: int) -> int:
+    """Index of the first token starting at or after character ``char`` (``len(offsets)`` when none does)."""
+    return next((i for i, (s, _) in enumerate(offsets) if s >= char), len(offsets))
+
+
 def truncate_left(
     ids: list[int], offsets: list[tuple[int, int]], keep_from_char: int, seq_length: int, max_context_tokens: int
 ) -> tuple[int, bool]:
@@ -65,14 +85,7 @@ def truncate_left(
     Returns:
         ``(start, truncated)``.
     """
-    n = len(ids)
-    tail_start = next((i for i, (s, _) in enumerate(offsets) if s >= keep_from_char), n)
-    context = tail_start
-    allowed_context = max(seq_length - (n - tail_start), 0)
-    if max_context_tokens > 0:
-        allowed_context = min(allowed_context, max_context_tokens)
-    start = max(context - allowed_context, 0)
-    start = max(start, n - seq_length)
+    start = keep_from(len(ids), first_token_at(offsets, keep_from_char), seq_length, max_context_tokens)
     return start, start > 0
 
 
@@ -90,9 +103,80 @@ def encode_sft(ids: list[int], loss_mask: list[bool], seq_length: int, max_conte
     ``seq_length`` counts input tokens, so a sample keeps at most ``seq_length + 1`` ids (inputs and shifted labels).
     """
     first_trained = next((i for i, m in enumerate(loss_mask) if m), len(ids))
-    limit = seq_length + 1
-    allowed_context = max(limit - (len(ids) - first_trained), 0)
-    if max_context_tokens > 0:
-        allowed_context = min(allowed_context, max_context_tokens)
-    start = max(first_trained - allowed_context, 0, len(ids) - limit)
+    start = keep_from(len(ids), first_trained, seq_length + 1, max_context_tokens)
     return Encoded(ids[start:], loss_mask[start:], start > 0)
+
+
+#: the fewest conversation tokens an inference prompt must keep before its label block
+MIN_PROMPT_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class PromptPolicy:
+    """What an SFT model reads of a conversation, the same in training and at inference.
+
+    Training (:func:`encode_sft`) keeps at most ``max_context_tokens`` tokens before the first trained response (the
+    system prompt, the user turn(s), the assistant header and the label, cut from the left) and at most
+    ``seq_length + 1`` ids in all. At inference the response is still to come: a prompt keeps what training would
+    have kept before a response of ``max_new_tokens`` tokens (:meth:`cut_prompt`). The policy is the model's
+    ``seq_length`` and ``max_context_tokens``, recorded in its ``.nemo``.
+
+    Args:
+        seq_length: the model's sequence length.
+        max_context_tokens: the cap on the tokens before the first response (``0`` = none beyond ``seq_length``).
+    """
+
+    seq_length: int
+    max_context_tokens: int
+
+    def prompt_limit(self, max_new_tokens: int) -> int:
+        """The most tokens a single-turn prompt keeps when ``max_new_tokens`` must still fit after it."""
+        room = max(self.seq_length - max_new_tokens, 0)
+        return min(room, self.max_context_tokens) if self.max_context_tokens > 0 else room
+
+    def cut_prompt(self, ids: list[int], first_response: int, max_new_tokens: int) -> tuple[list[int], bool]:
+        """The tokens of an inference prompt the model reads, and whether any were cut.
+
+        Args:
+            ids: the rendered prompt's tokens (up to and including the label line).
+            first_response: index of the first token of the prompt's first assistant answer (an earlier turn of a
+                multi-turn conversation), ``len(ids)`` when it has none: what training counts as trained.
+            max_new_tokens: the generation budget, which must fit after the prompt.
+        """
+        start = keep_from(len(ids) + max_new_tokens, first_response, self.seq_length, self.max_context_tokens)
+        return ids[start:], start > 0
+
+    def check_budget(self, label_tokens: int, max_new_tokens: int) -> None:
+        """Refuses a budget that leaves no room for the label block and :data:`MIN_PROMPT_TOKENS` of conversation.
+
+        Raises:
+            UserError: naming ``sampling.max_new_tokens`` and the model's ``seq_length`` / ``max_context_tokens``.
+        """
+        room = self.prompt_limit(max_new_tokens)
+        if room < label_tokens + MIN_PROMPT_TOKENS:
+            raise UserError(
+                f"sampling.max_new_tokens={max_new_tokens} leaves {room} prompt tokens (model seq_length="
+                f"{self.seq_length}, max_context_tokens={self.max_context_tokens}), fewer than the label block's "
+                f"{label_tokens} plus {MIN_PROMPT_TOKENS} of conversation: lower sampling.max_new_tokens"
+            )
+
+    def to_json(self) -> dict[str, int]:
+        """The policy as recorded in a ``.nemo``'s ``steerlm.json``."""
+        return {"seq_length": self.seq_length, "max_context_tokens": self.max_context_tokens}
+
+
+def encode_prompt(
+    conv: Conversation, label: str | None, tokenizer: Any, policy: PromptPolicy, max_new_tokens: int
+) -> Encoded:
+    """The ids an SFT model reads to answer ``conv`` under ``label``: rendered, tokenised whole, cut by ``policy``.
+
+    Raises:
+        UserError: when ``max_new_tokens`` leaves no room for the label block and some conversation
+            (:meth:`PromptPolicy.check_budget`).
+    """
+    text, first_answer = render_prompt_marked(conv, label)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    policy.check_budget(len(ids) - first_token_at(offsets, final_response_start(text)), max_new_tokens)
+    kept, truncated = policy.cut_prompt(ids, first_token_at(offsets, first_answer), max_new_tokens)
+    return Encoded(kept, None, truncated)

@@ -5,6 +5,7 @@ cannot disagree. The dict has optional sections, each the output of the matching
 
 * ``apm``: :func:`nemo_steerlm.evaluation.apm_metrics.compute_apm_metrics`;
 * ``steerability``: :func:`nemo_steerlm.evaluation.steerability.compute_steerability`;
+* ``conditioning``: :func:`nemo_steerlm.evaluation.conditioning.selection_accuracy` (with ``file``);
 * ``truthfulqa``: :func:`nemo_steerlm.evaluation.truthfulqa.evaluate_truthfulqa`;
 * ``perplexity``: :func:`nemo_steerlm.evaluation.perplexity.perplexity`;
 * ``mt_bench``: ``{"answer_file": str, "n_questions": int, "judge": judge_answers(...) or None}``;
@@ -187,6 +188,23 @@ def _mt_bench_section(mt: Mapping[str, Any]) -> list[str]:
     return lines + _table(header, rows)
 
 
+def _conditioning_section(cond: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## Conditioning (does the model listen to its labels?)",
+        "",
+        f"On {cond['groups']} training prompts with differently labelled responses (`{cond['file']}`): under each "
+        "label, is the response that carries it the most likely one (teacher-forced, summed NLL)?",
+        "",
+    ]
+    row = [fmt(cond["groups"]), fmt(cond["selections"]), fmt(cond["correct"]), fmt(cond["accuracy"])]
+    lines += _table(
+        ["prompts", "labels tried", "selected own response", "accuracy", "chance"], [row + [fmt(cond["chance"])]]
+    )
+    if not cond["groups"]:
+        lines += ["No training prompt has two responses with different labels: nothing to check.", ""]
+    return lines
+
+
 def _simple_sections(results: Mapping[str, Any], report_dir: Path) -> list[str]:
     lines: list[str] = []
     if "truthfulqa" in results:
@@ -237,6 +255,8 @@ def render_report(
         lines += _apm_section(results["apm"])
     if "steerability" in results:
         lines += _steer_section(results["steerability"])
+    if "conditioning" in results:
+        lines += _conditioning_section(results["conditioning"])
     lines += _simple_sections(results, Path(report_dir).resolve())
     if "mt_bench" in results:
         lines += _mt_bench_section(results["mt_bench"])

@@ -16,7 +16,7 @@ from nemo_steerlm.attributes import ASSISTANT_ROLE, USER_ROLE, AttributeSchema
 from nemo_steerlm.data.datasets import SFTSample
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.template import Conversation, Turn, regression_text, render_prompt
-from nemo_steerlm.evaluation import mt_bench, steerability, truthfulqa
+from nemo_steerlm.evaluation import conditioning, mt_bench, steerability, truthfulqa
 from nemo_steerlm.evaluation.perplexity import perplexity
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.generation import SamplingParams, generate_full, prompt_conversation
@@ -156,3 +156,14 @@ def run_perplexity(sft: Any, sft_jsonl: Path) -> dict[str, Any]:
     result = perplexity([s[0] for s in scored], [int(s[1]) for s in scored])
     result["file"], result["truncated"] = str(sft_jsonl), dataset.num_truncated
     return result
+
+
+def run_conditioning(sft: Any, reference_file: Path, max_groups: int) -> dict[str, Any]:
+    """Teacher-forced label → response selection on the SFT's training prompts with differently labelled responses.
+
+    See :mod:`nemo_steerlm.evaluation.conditioning`; ``reference_file`` is the SFT's training JSONL.
+    """
+    groups, skipped = conditioning.label_groups(read_sft_jsonl(reference_file, sft.schema), max_groups)
+    nll = sft.score_conversations([c for g in groups for c in g.candidates()])
+    result = conditioning.selection_accuracy(groups, nll)
+    return {**result, "skipped_unlabelled": skipped, "max_groups": max_groups, "file": str(reference_file)}

@@ -58,7 +58,8 @@ class AttributePredictionModel(MegatronGPTBase):
         """Reads and tokenises a regression JSONL file (read-out kept, long contexts cut from the left)."""
         examples = read_regression_jsonl(path, self.schema)
         records = [(e.text, e.label) for e in examples]
-        return RegressionDataset(records, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
+        policy = self.prompt_policy
+        return RegressionDataset(records, self.tokenizer, policy.seq_length, policy.max_context_tokens)
 
     def _loader(self, dataset: Any, train: bool) -> DataLoader:
         return self.make_loader(dataset, train, partial(collate_regression, pad_id=int(self.tokenizer.pad_token_id)))
@@ -135,9 +136,8 @@ class AttributePredictionModel(MegatronGPTBase):
         ``progress`` as in :meth:`predict_dataset`.
         """
         records = [(text, [MASK_VALUE] * len(self.schema)) for text in texts]
-        dataset = RegressionDataset(
-            records, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens)
-        )
+        policy = self.prompt_policy  # the same cut as in training
+        dataset = RegressionDataset(records, self.tokenizer, policy.seq_length, policy.max_context_tokens)
         preds = self.broadcast_from_last_stage(self.predict_dataset(dataset, batch_size, progress))
         return preds, dataset.num_truncated
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.datasets import MegatronBatchSampler
-from nemo_steerlm.data.tokenization import load_tokenizer
+from nemo_steerlm.data.tokenization import PromptPolicy, load_tokenizer
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.megatron.builder import (
     build_gpt_model,
@@ -125,6 +125,15 @@ class MegatronGPTBase(ModelPT):
         """
         names = self._cfg.get("labelled_attributes")
         return self.schema.subset(names) if names else self.schema
+
+    @property
+    def prompt_policy(self) -> PromptPolicy:
+        """What this model reads of a conversation, in training and on every inference path.
+
+        From the model config (``seq_length``, ``max_context_tokens``), so from the ``.nemo`` a restored model came
+        from; ``steerlm.json`` repeats it for readers of the archive.
+        """
+        return PromptPolicy(int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
 
     def record_labelled_attributes(self, names: Iterable[str]) -> None:
         """Stores the attributes seen in training labels in the model config (and so in the ``.nemo``)."""

@@ -66,6 +66,7 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
             "value_range": [model.schema.min_value, model.schema.max_value],
             "markers": list(MARKERS),
             "system_prompt": SYSTEM_PROMPT,
+            "prompt_policy": model.prompt_policy.to_json(),
             "saved_layout": {
                 "tp": model.parallel_config.tensor_model_parallel_size,
                 "pp": model.parallel_config.pipeline_model_parallel_size,

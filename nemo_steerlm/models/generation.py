@@ -1,9 +1,11 @@
 r"""Steered text generation with a SteerLM SFT model: prompts, sampling, a KV cache, and TP/PP/DP execution.
 
 The prompt of a conversation is :func:`~nemo_steerlm.data.template.render_prompt` (the conversation so far, the
-assistant header and ``<extra_id_2>{label}\n``); generation stops when the decoded continuation contains the turn
-marker ``<extra_id_1>`` (several tokens with most tokenizers, one with the shipped tiny BPE), at the tokenizer's
-end-of-sequence token, or after ``max_new_tokens``. The marker and what follows it are cut from the response.
+assistant header and ``<extra_id_2>{label}\n``), cut by the model's prompt policy to what training kept of such a
+conversation (:class:`~nemo_steerlm.data.tokenization.PromptPolicy`). Generation stops when the decoded continuation
+contains the turn marker ``<extra_id_1>`` (several tokens with most tokenizers, one with the shipped tiny BPE), at the
+tokenizer's end-of-sequence token, or after ``max_new_tokens``. The marker and what follows it are cut from the
+response.
 
 KV cache: megatron-core's own :class:`~megatron.core.inference.contexts.StaticInferenceContext` passed as
 ``inference_context`` to ``GPTModel.forward`` (its buffers are allocated on CPU by the CPU adapter). Prompts of
@@ -30,7 +32,8 @@ from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, TURN_MARKER
-from nemo_steerlm.data.template import Conversation, render_prompt
+from nemo_steerlm.data.template import Conversation
+from nemo_steerlm.data.tokenization import Encoded, encode_prompt
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.megatron import parallel
 
@@ -286,33 +289,51 @@ def generate_ids(
 
     Args:
         model: a :class:`~nemo_steerlm.models.sft.SteerLMSFTModel` (built or restored on every rank).
-        prompts: token ids of each prompt.
+        prompts: token ids of each prompt (single-turn; :func:`generate_full` cuts multi-turn ones itself).
         params: sampling settings.
-        max_prompt_tokens: prompts longer than this are cut from the left; default: the model's ``seq_length``
-            minus ``max_new_tokens`` (at least 1).
+        max_prompt_tokens: prompts longer than this are cut from the left; default: what the model's prompt policy
+            keeps before ``max_new_tokens`` (:meth:`~nemo_steerlm.data.tokenization.PromptPolicy.prompt_limit`).
 
     Returns:
         One :class:`Generation` per prompt, in input order, on every rank.
     """
+    limit = max_prompt_tokens or max(model.prompt_policy.prompt_limit(params.max_new_tokens), 1)
+    return generate_prepared(model, [list(p[-limit:]) for p in prompts], [len(p) > limit for p in prompts], params)
+
+
+def generate_prepared(
+    model: Any, prompts: Sequence[list[int]], truncated: Sequence[bool], params: SamplingParams
+) -> list[Generation]:
+    """Generates for prompts already cut to what the model reads (``truncated``: whether each was cut)."""
     if getattr(model.transformer_config, "sequence_parallel", False):
         raise UserError("generation does not run with sequence parallelism: restore with model.sequence_parallel=false")
-    limit = max_prompt_tokens or max(int(model.gpt_config.seq_length) - params.max_new_tokens, 1)
-    cut = [list(p[-limit:]) for p in prompts]
-    order = sorted(range(len(cut)), key=lambda i: (len(cut[i]), i))
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     mine = _data_parallel_share(order)
     generator = torch.Generator(device=parallel.device()).manual_seed(params.seed)
     results: list[tuple[int, Generation]] = []
-    for idx in length_batches(mine, [len(c) for c in cut], params.batch_size, max(params.max_new_tokens // 2, 8)):
+    lengths = [len(p) for p in prompts]
+    for idx in length_batches(mine, lengths, params.batch_size, max(params.max_new_tokens // 2, 8)):
         batch = generate_batch(
-            model.model, [cut[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator
+            model.model, [prompts[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator
         )
         for i, gen in zip(idx, batch, strict=True):
-            gen.prompt_truncated = len(prompts[i]) > limit
+            gen.prompt_truncated = truncated[i]
             results.append((i, gen))
     ordered: list[Generation | None] = [None] * len(prompts)
     for i, gen in parallel.gather_data_parallel(results):
         ordered[i] = gen
     return [g for g in ordered if g is not None]
+
+
+def encode_prompts(
+    model: Any, conversations: Sequence[Conversation], labels: Sequence[str | None], max_new_tokens: int
+) -> list[Encoded]:
+    """What the model reads of each conversation under its label (the prompt policy it was trained with)."""
+    policy = model.prompt_policy
+    return [
+        encode_prompt(conv, label, model.tokenizer, policy, max_new_tokens)
+        for conv, label in zip(conversations, labels, strict=True)
+    ]
 
 
 def resolve_labels(
@@ -336,10 +357,8 @@ def generate_full(
 ) -> list[Generation]:
     """Like :func:`generate` but returns the full :class:`Generation` records (ids, stop reason, truncation)."""
     params = params or SamplingParams()
-    per_prompt = resolve_labels(model, conversations, labels)
-    texts = [render_prompt(conv, label) for conv, label in zip(conversations, per_prompt, strict=True)]
-    prompts = [list(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    return generate_ids(model, prompts, params)
+    encoded = encode_prompts(model, conversations, resolve_labels(model, conversations, labels), params.max_new_tokens)
+    return generate_prepared(model, [e.input_ids for e in encoded], [e.truncated for e in encoded], params)
 
 
 def generate(

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nemo_steerlm.data.datasets import PackedSFTDataset, SFTDataset, SFTSample, collate_sft
 from nemo_steerlm.data.formats import read_sft_jsonl
+from nemo_steerlm.data.tokenization import encode_sft
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
@@ -50,7 +51,8 @@ class SteerLMSFTModel(MegatronGPTBase):
         return self._tokenised(read_sft_jsonl(path, self.schema))
 
     def _tokenised(self, conversations: list[Any]) -> SFTDataset:
-        return SFTDataset(conversations, self.tokenizer, int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
+        policy = self.prompt_policy
+        return SFTDataset(conversations, self.tokenizer, policy.seq_length, policy.max_context_tokens)
 
     def _loader(self, dataset: Any, train: bool) -> DataLoader:
         return self.make_loader(dataset, train, partial(collate_sft, pad_id=int(self.tokenizer.pad_token_id)))
@@ -138,12 +140,28 @@ class SteerLMSFTModel(MegatronGPTBase):
                 out[i] = (float(pair[0]), float(pair[1]))
         return [p for p in out if p is not None]
 
+    def score_conversations(self, conversations: list[Any], batch_size: int = 16) -> list[float]:
+        """Summed NLL of the trained tokens (the assistant responses) of each conversation, on every rank.
+
+        Tokenised and cut exactly as in training (the prompt policy).
+
+        Raises:
+            ValueError: a conversation has no trained token left.
+        """
+        dataset = self._tokenised(conversations)
+        if dataset.num_skipped:
+            raise ValueError(f"{dataset.num_skipped} of {len(conversations)} conversations have no trained token")
+        return [nll for nll, _ in self.score_samples(dataset.samples, batch_size)]
+
     def score_continuations(self, contexts: list[str], continuations: list[str]) -> list[float]:
-        """Sum of token log-probabilities of each continuation given its context (text tokenised whole)."""
-        samples = []
+        """Sum of token log-probabilities of each continuation given its context (text tokenised whole).
+
+        The context is cut by the prompt policy, as training cuts the context before a response.
+        """
+        policy, samples = self.prompt_policy, []
         for context, continuation in zip(contexts, continuations, strict=True):
             enc = self.tokenizer(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
-            ids = list(enc["input_ids"])[-(int(self._cfg.seq_length) + 1) :]
-            offsets = list(enc["offset_mapping"])[-len(ids) :]
-            samples.append(SFTSample(ids, [start >= len(context) for start, _ in offsets]))
+            mask = [start >= len(context) for start, _ in enc["offset_mapping"]]
+            kept = encode_sft(list(enc["input_ids"]), mask, policy.seq_length, policy.max_context_tokens)
+            samples.append(SFTSample(kept.input_ids, list(kept.loss_mask or [])))
         return [-nll for nll, _ in self.score_samples(samples)]

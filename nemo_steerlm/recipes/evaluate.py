@@ -123,6 +123,11 @@ def _sft_sections(
         _warn_unseen(res)
         results["steerability"], timings["steerability"] = res, time.perf_counter() - t
         results.setdefault("plots", {})["steerability"] = "steerability.png"
+    reference = _reference_file(cfg.steerability, data)
+    if cfg.conditioning.enabled and reference is not None:
+        t = time.perf_counter()
+        results["conditioning"] = runner.run_conditioning(sft, reference, int(cfg.conditioning.max_groups))
+        timings["conditioning"] = time.perf_counter() - t
     if cfg.mt_bench.enabled:
         t = time.perf_counter()
         results["mt_bench"] = runner.run_mt_bench(

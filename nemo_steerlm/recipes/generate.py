@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +18,84 @@ from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
 from nemo_steerlm.data.io import DataError, dump_json_line, read_jsonl, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import accept_steer_overrides, require_path, run_stage, stage_app, steer_overrides
+from nemo_steerlm.recipes.common import (
+    accept_steer_overrides,
+    is_global_rank_zero,
+    require_path,
+    run_stage,
+    stage_app,
+    steer_overrides,
+)
 from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 OUTPUT_NAME = "generations.jsonl"
+#: ``label=from_data``: answer each conversation under the label of its own trailing assistant turn
+FROM_DATA = "from_data"
 
 
-def steering_label(cfg: DictConfig, schema: AttributeSchema) -> str:
-    """The label of every prompt: ``label`` if given, else the default steering label with ``steer`` overrides."""
-    if cfg.label is not None:
+@dataclass(frozen=True)
+class Prompt:
+    """One line of a prompt file: its id and line, the conversation to answer, and the trailing assistant turn.
+
+    ``reference`` and ``reference_label`` are the text and label of the assistant turn a conversation ended with
+    (``None`` for prompts and MT-Bench questions).
+    """
+
+    ident: str
+    line: int
+    conversation: Conversation
+    reference: str | None = None
+    reference_label: str | None = None
+
+
+def steering_labels(cfg: DictConfig, schema: AttributeSchema, prompts: list[Prompt], path: Path) -> list[str]:
+    """The label of each prompt: ``label`` (a label string, or ``from_data``), else the default steering label.
+
+    Raises:
+        UserError: a label that does not parse; with ``from_data``, a line whose conversation does not end with a
+            labelled assistant turn (naming the file and line).
+    """
+    if cfg.label is None:
+        return [schema.steer_label(steer_overrides(cfg.steer, schema))] * len(prompts)
+    if str(cfg.label) != FROM_DATA:
         try:
             schema.parse_label(str(cfg.label))
         except LabelError as err:
             raise UserError(f"label={cfg.label}: {err}") from None
-        return str(cfg.label)
-    return schema.steer_label(steer_overrides(cfg.steer, schema))
+        return [str(cfg.label)] * len(prompts)
+    labels = []
+    for p in prompts:
+        if not p.reference_label:
+            raise DataError(
+                path, "label=from_data needs a conversation that ends with a labelled assistant turn", p.line
+            )
+        try:
+            schema.parse_label(p.reference_label)
+        except LabelError as err:
+            raise DataError(path, f"label=from_data: {err}", p.line, "conversations") from None
+        labels.append(p.reference_label)
+    return labels
 
 
-def read_prompts(path: Path, schema: AttributeSchema) -> list[tuple[str, Conversation, str | None]]:
-    """``(id, conversation to answer, reference answer)`` per line of a prompt file (see ``conf/generate.yaml``)."""
+def read_prompts(path: Path, schema: AttributeSchema) -> list[Prompt]:
+    """One :class:`Prompt` per line of a prompt file (see ``conf/generate.yaml``)."""
     from nemo_steerlm.data.formats import parse_sft_object
     from nemo_steerlm.models.generation import prompt_conversation
 
     out = []
     for line, obj in read_jsonl(path):
         if "conversations" in obj:
-            conv, reference = prompt_conversation(parse_sft_object(obj, schema, str(path), line))
-            out.append((str(line - 1), conv, reference))
+            full = parse_sft_object(obj, schema, str(path), line)
+            conv, reference = prompt_conversation(full)
+            label = full.turns[-1].label if reference is not None else None
+            out.append(Prompt(str(line - 1), line, conv, reference, label))
             continue
         if "turns" in obj:
             turns = obj["turns"]
             if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or not turns[0].strip():
                 raise DataError(path, "expected a non-empty list of strings (MT-Bench question)", line, "turns")
-            out.append((str(obj.get("question_id", line - 1)), Conversation([Turn(turns[0], USER_ROLE)]), None))
+            conv = Conversation([Turn(turns[0], USER_ROLE)])
+            out.append(Prompt(str(obj.get("question_id", line - 1)), line, conv))
             continue
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -59,7 +105,7 @@ def read_prompts(path: Path, schema: AttributeSchema) -> list[tuple[str, Convers
             if not isinstance(obj["system"], str):
                 raise DataError(path, "not a string", line, "system")
             conv.system = obj["system"]
-        out.append((str(obj.get("id", line - 1)), conv, None))
+        out.append(Prompt(str(obj.get("id", line - 1)), line, conv))
     return out
 
 
@@ -88,10 +134,11 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     model_path = require_path(cfg, "model", "a SteerLM SFT model .nemo made by train-sft (model=PATH)")
     meta = check_kind(model_path, "sft")
     schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
-    label = steering_label(cfg, schema.subset(meta.get("labelled_attributes") or schema.names))
-    prompts = read_prompts(require_path(cfg, "data", "a prompt JSONL file"), schema)
+    data = require_path(cfg, "data", "a prompt JSONL file")
+    prompts = read_prompts(data, schema)
     if cfg.limit is not None:
         prompts = prompts[: int(cfg.limit)]
+    labels = steering_labels(cfg, schema.subset(meta.get("labelled_attributes") or schema.names), prompts, data)
     params = sampling_params(cfg)
     overrides = {
         "tensor_model_parallel_size": int(cfg.layout.tensor_model_parallel_size),
@@ -101,16 +148,16 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "global_batch_size": _data_parallel_size(cfg),
     }
     model = restore_nemo(model_path, "sft", overrides)
-    results = generate_full(model, [c for _, c, _ in prompts], label, params)
-    lines = [_record(i, p, label, r) for i, (p, r) in enumerate(zip(prompts, results, strict=True))]
+    results = generate_full(model, [p.conversation for p in prompts], labels, params)
+    lines = [_record(i, *args) for i, args in enumerate(zip(prompts, labels, results, strict=True))]
     target = output_dir / OUTPUT_NAME
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_global_rank_zero():
         write_jsonl_atomic(target, lines)
     words = [len(r.text.split()) for r in results]
     return {
         "output": str(target),
         "prompts": len(results),
-        "label": label,
+        "label": FROM_DATA if str(cfg.label) == FROM_DATA else (labels[0] if labels else None),
         "stop_reasons": {k: sum(r.stop_reason == k for r in results) for k in ("stop_text", "eos", "max_new_tokens")},
         "prompts_truncated": sum(r.prompt_truncated for r in results),
         "mean_response_words": sum(words) / len(words) if words else 0.0,
@@ -123,13 +170,12 @@ def _data_parallel_size(cfg: DictConfig) -> int:
     return max(int(os.environ.get("WORLD_SIZE", "1")) // mp, 1)
 
 
-def _record(index: int, prompt: tuple[str, Conversation, str | None], label: str, result: Any) -> str:
-    ident, conv, reference = prompt
+def _record(index: int, prompt: Prompt, label: str, result: Any) -> str:
     obj: dict[str, Any] = {
         "index": index,
-        "id": ident,
-        "prompt": conv.turns[-1].value,
-        "turns": len(conv.turns),
+        "id": prompt.ident,
+        "prompt": prompt.conversation.turns[-1].value,
+        "turns": len(prompt.conversation.turns),
         "label": label,
         "response": result.text,
         "stop_reason": result.stop_reason,
@@ -137,8 +183,8 @@ def _record(index: int, prompt: tuple[str, Conversation, str | None], label: str
         "prompt_truncated": result.prompt_truncated,
         "response_token_ids": result.token_ids,
     }
-    if reference is not None:
-        obj["reference"] = reference
+    if prompt.reference is not None:
+        obj["reference"] = prompt.reference
     return dump_json_line(obj)
 
 
