@@ -11,6 +11,7 @@ import sys
 # stage name on the command line -> recipe module
 STAGES: dict[str, str] = {
     "prepare": "nemo_steerlm.recipes.prepare",
+    "analyze": "nemo_steerlm.recipes.analyze",
     "train-apm": "nemo_steerlm.recipes.train_apm",
     "annotate": "nemo_steerlm.recipes.annotate",
     "train-sft": "nemo_steerlm.recipes.train_sft",
@@ -26,6 +27,7 @@ USAGE = """usage: nemo-steerlm STAGE [key=value ...]
 
 SteerLM with HelpSteer on NeMo + megatron-core. Stages:
   prepare     HelpSteer/OASST -> SFT + regression JSONL
+  analyze     dataset analysis: label distributions, correlations, length, OLS
   train-apm   train the attribute prediction model
   annotate    label SFT data with an attribute model
   train-sft   attribute-conditioned SFT
