@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "nemo_steerlm" / "conf"
 STAGES = [
     "prepare",
+    "analyze",
     "train_apm",
     "annotate",
     "train_sft",

@@ -437,3 +437,23 @@ def write_analysis(data: AnalysisInput, schema: AttributeSchema, out_dir: str | 
     atomic_write_text(out / "analysis.json", json.dumps(analysis, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "analysis.md", render_markdown(analysis, data, schema, PLOT_FILES))
     return analysis
+
+
+def report_section(analysis_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The key numbers of an ``analyze`` output folder for the evaluation report, or ``None`` when it has none.
+
+    Returns:
+        ``{"report": analysis.md path, "rows", "length_pearson", "helpfulness_r2"}`` (``helpfulness_r2`` is
+        ``None`` when no OLS was fitted).
+    """
+    folder = Path(analysis_dir)
+    if not (folder / "analysis.json").is_file():
+        return None
+    analysis = json.loads((folder / "analysis.json").read_text(encoding="utf-8"))
+    fit = analysis.get("helpfulness_ols")
+    return {
+        "report": str(folder / "analysis.md"),
+        "rows": analysis["rows"],
+        "length_pearson": analysis["length_pearson"],
+        "helpfulness_r2": fit["r2"] if fit else None,
+    }

@@ -255,3 +255,20 @@ def test_write_analysis_writes_nothing_without_labelled_rows(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="no labelled assistant turn"):
         write_analysis(data, SCHEMA, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluation_report_links_the_analysis(tmp_path: Path) -> None:
+    from nemo_steerlm.evaluation.analysis import report_section
+    from nemo_steerlm.evaluation.report import render_report
+
+    assert report_section(tmp_path / "analyze") is None  # a run without the analyze stage: no section
+    raw = sample_rows()
+    result = analyze(read_sources([("helpsteer", str(helpsteer_sample_path()))], SCHEMA).rows, SCHEMA)
+    (tmp_path / "analyze").mkdir()
+    (tmp_path / "analyze" / "analysis.json").write_text(json.dumps(result), encoding="utf-8")
+    section = report_section(tmp_path / "analyze")
+    report = render_report({"data_analysis": section}, tmp_path / "evaluate")
+    assert "## Data analysis" in report and "[../analyze/analysis.md](../analyze/analysis.md)" in report
+    verbosity = stats.pearsonr([r["verbosity"] for r in raw], [len(r["response"].split()) for r in raw])[0]
+    assert f"verbosity {verbosity:.2f}" in report
+    assert f"R² {result['helpfulness_ols']['r2']:.3f}" in report
