@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "import-hf": "nemo_steerlm.recipes.import_hf",
     "launch": "nemo_steerlm.recipes.launch",
     "run": "nemo_steerlm.recipes.run",
+    "ablate": "nemo_steerlm.recipes.ablate",
 }
 
 USAGE = """usage: nemo-steerlm STAGE [key=value ...]
@@ -37,6 +38,7 @@ SteerLM with HelpSteer on NeMo + megatron-core. Stages:
   import-hf   Hugging Face -> .nemo
   launch      submit stages to SLURM
   run         the whole chain locally
+  ablate      run a baseline and each attributes.drop ablation, compare them
 
 Overrides are Hydra's: nemo-steerlm prepare output_dir=runs/data dataset.val_fraction=0.1
 Show a stage's config: nemo-steerlm STAGE --cfg job

@@ -19,6 +19,7 @@ STAGES = [
     "generate",
     "evaluate",
     "run",
+    "ablate",
     "import_hf",
     "export",
     "launch",
