@@ -151,13 +151,18 @@ def read_labelled_jsonl(path: str | os.PathLike[str], schema: AttributeSchema) -
 
 
 def read_prepared_folder(folder: str | os.PathLike[str], schema: AttributeSchema) -> AnalysisInput:
-    """Reads a ``prepare`` output folder: its ``sft/train.jsonl`` and ``sft/val.jsonl`` (as written, repeats kept)."""
-    parts = [
-        read_labelled_jsonl(Path(folder) / "sft" / name, schema)
-        for name in ("train.jsonl", "val.jsonl")
-        if (Path(folder) / "sft" / name).stat().st_size > 0
-    ]
-    return AnalysisInput([r for p in parts for r in p.rows], sum(p.unlabelled_turns for p in parts), str(folder), "sft")
+    """Reads a ``prepare`` output folder: its ``sft/train.jsonl`` and ``sft/val.jsonl`` (as written, repeats kept).
+
+    Raises:
+        DataError: when either file is missing, or on a bad line.
+    """
+    files = [Path(folder) / "sft" / name for name in ("train.jsonl", "val.jsonl")]
+    for path in files:
+        if not path.is_file():
+            raise DataError(path, "missing: not a `prepare` output folder")
+    parts = [read_labelled_jsonl(path, schema) for path in files if path.stat().st_size > 0]
+    rows = [r for p in parts for r in p.rows]
+    return AnalysisInput(rows, sum(p.unlabelled_turns for p in parts), str(folder), "sft")
 
 
 # -------------------------------------------------------------------------------------------------- statistics
