@@ -272,3 +272,23 @@ def test_evaluation_report_links_the_analysis(tmp_path: Path) -> None:
     verbosity = stats.pearsonr([r["verbosity"] for r in raw], [len(r["response"].split()) for r in raw])[0]
     assert f"verbosity {verbosity:.2f}" in report
     assert f"R² {result['helpfulness_ols']['r2']:.3f}" in report
+
+
+def test_prepared_folder_reads_train_and_val(tmp_path: Path) -> None:
+    from nemo_steerlm.data.prepare import PrepareSpec, SourceSpec, prepare
+    from nemo_steerlm.evaluation.analysis import read_prepared_folder
+
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in sample_rows()[:50]), encoding="utf-8")
+    prepare(PrepareSpec([SourceSpec("helpsteer", str(src))], val_fraction=0.2, seed=1), SCHEMA, tmp_path / "prep")
+    data = read_prepared_folder(tmp_path / "prep", SCHEMA)
+    raw = read_sources([("helpsteer", str(src))], SCHEMA)
+    assert len(data.rows) == 50 and data.kind == "sft"
+    # the split reorders rows; the statistics do not depend on the order
+    assert analyze(data.rows, SCHEMA)["distribution"] == analyze(raw.rows, SCHEMA)["distribution"]
+    assert analyze(data.rows, SCHEMA)["pearson"]["helpfulness"]["verbosity"] == pytest.approx(
+        analyze(raw.rows, SCHEMA)["pearson"]["helpfulness"]["verbosity"]
+    )
+    (tmp_path / "prep" / "sft" / "val.jsonl").unlink()
+    with pytest.raises(DataError, match=r"val\.jsonl: missing"):
+        read_prepared_folder(tmp_path / "prep", SCHEMA)
