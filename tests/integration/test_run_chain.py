@@ -108,7 +108,7 @@ def test_sft_trained_on_annotated_labels(chain: tuple[Path, str]) -> None:
 def test_rerun_skips_finished_stages(chain: tuple[Path, str]) -> None:
     out, _ = chain
     res = ok(steerlm("run", f"output_dir={out}", *FAST))
-    assert res.stdout.count("already done") == 5
+    assert res.stdout.count("already done") == 6  # prepare, analyze, train-apm, annotate, train-sft, evaluate
 
 
 def test_preset_reaches_only_the_stages_that_have_one(tmp_path: Path) -> None:
