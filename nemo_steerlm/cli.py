@@ -11,6 +11,7 @@ import sys
 # stage name on the command line -> recipe module
 STAGES: dict[str, str] = {
     "prepare": "nemo_steerlm.recipes.prepare",
+    "analyze": "nemo_steerlm.recipes.analyze",
     "train-apm": "nemo_steerlm.recipes.train_apm",
     "annotate": "nemo_steerlm.recipes.annotate",
     "train-sft": "nemo_steerlm.recipes.train_sft",
@@ -20,12 +21,14 @@ STAGES: dict[str, str] = {
     "import-hf": "nemo_steerlm.recipes.import_hf",
     "launch": "nemo_steerlm.recipes.launch",
     "run": "nemo_steerlm.recipes.run",
+    "ablate": "nemo_steerlm.recipes.ablate",
 }
 
 USAGE = """usage: nemo-steerlm STAGE [key=value ...]
 
 SteerLM with HelpSteer on NeMo + megatron-core. Stages:
   prepare     HelpSteer/OASST -> SFT + regression JSONL
+  analyze     dataset analysis: label distributions, correlations, length, OLS
   train-apm   train the attribute prediction model
   annotate    label SFT data with an attribute model
   train-sft   attribute-conditioned SFT
@@ -35,6 +38,7 @@ SteerLM with HelpSteer on NeMo + megatron-core. Stages:
   import-hf   Hugging Face -> .nemo
   launch      submit stages to SLURM
   run         the whole chain locally
+  ablate      run a baseline and each attributes.drop ablation, compare them
 
 Overrides are Hydra's: nemo-steerlm prepare output_dir=runs/data dataset.val_fraction=0.1
 Show a stage's config: nemo-steerlm STAGE --cfg job

@@ -12,12 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "nemo_steerlm" / "conf"
 STAGES = [
     "prepare",
+    "analyze",
     "train_apm",
     "annotate",
     "train_sft",
     "generate",
     "evaluate",
     "run",
+    "ablate",
     "import_hf",
     "export",
     "launch",

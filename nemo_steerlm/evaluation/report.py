@@ -11,7 +11,8 @@ cannot disagree. The dict has optional sections, each the output of the matching
 * ``mt_bench``: ``{"answer_file": str, "n_questions": int, "judge": judge_answers(...) or None}``;
 * ``plots``: ``{name: png path}`` (linked relative to the report);
 * ``versions``: ``{package: version}`` (see :func:`package_versions`);
-* ``timings``: ``{stage: seconds}``.
+* ``timings``: ``{stage: seconds}``;
+* ``data_analysis``: :func:`nemo_steerlm.evaluation.analysis.report_section` (the ``analyze`` stage's key numbers).
 """
 
 from __future__ import annotations
@@ -224,6 +225,17 @@ def _simple_sections(results: Mapping[str, Any], report_dir: Path) -> list[str]:
     return lines
 
 
+def _analysis_section(analysis: Mapping[str, Any], report_dir: Path) -> list[str]:
+    """A link to the ``analyze`` stage's report and its key numbers (the training data's attributes and length)."""
+    rel = Path(os.path.relpath(Path(analysis["report"]).resolve(), report_dir)).as_posix()
+    length = ", ".join(f"{name} {fmt(r, 2)}" for name, r in analysis["length_pearson"].items())
+    lines = ["## Data analysis", "", f"[{rel}]({rel}): {fmt(analysis['rows'])} labelled turns."]
+    lines += [f"Pearson with response words: {length}."]
+    if analysis["helpfulness_r2"] is not None:
+        lines += [f"Helpfulness fitted on the other attributes (OLS): R² {fmt(analysis['helpfulness_r2'])}."]
+    return lines + [""]
+
+
 def _meta_sections(results: Mapping[str, Any], config_yaml: str | None) -> list[str]:
     lines: list[str] = []
     if config_yaml is not None:
@@ -260,6 +272,8 @@ def render_report(
     lines += _simple_sections(results, Path(report_dir).resolve())
     if "mt_bench" in results:
         lines += _mt_bench_section(results["mt_bench"])
+    if "data_analysis" in results:
+        lines += _analysis_section(results["data_analysis"], Path(report_dir).resolve())
     lines += _meta_sections(results, config_yaml)
     return "\n".join(lines).rstrip("\n") + "\n"
 

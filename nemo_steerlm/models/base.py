@@ -85,7 +85,7 @@ class MegatronGPTBase(ModelPT):
     def __init__(self, cfg: DictConfig, trainer: Trainer | None = None) -> None:
         super().__init__(cfg=cfg, trainer=trainer)
         a = self._cfg.attributes
-        self.schema = AttributeSchema(tuple(a.names), int(a.min_value), int(a.max_value))
+        self.schema = AttributeSchema.create(list(a.names), list(a.drop), int(a.min_value), int(a.max_value))
         self.tokenizer = load_tokenizer(self._cfg.tokenizer.path)
         self.gpt_config = gpt_config_from(self._cfg, len(self.tokenizer))
         self.parallel_config = parallel_config_from(self._cfg)

@@ -163,6 +163,7 @@ def stage_timings(run_dir: Path) -> dict[str, float]:
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Runs the configured evaluations and writes ``report.md`` and ``results.json``."""
+    from nemo_steerlm.evaluation.analysis import report_section
     from nemo_steerlm.evaluation.apm_eval import evaluate_apm
     from nemo_steerlm.evaluation.report import package_versions, write_report
     from nemo_steerlm.models.checkpoint import restore_nemo
@@ -189,6 +190,9 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results["versions"], results["timings"] = package_versions(), {k: round(v, 2) for k, v in timings.items()}
     if cfg.run_dir is not None:
         results["timings"] = {**stage_timings(Path(str(cfg.run_dir))), **results["timings"]}
+        analysis = report_section(Path(str(cfg.run_dir)) / "analyze")
+        if analysis is not None:
+            results["data_analysis"] = analysis
     report, _ = write_report(results, output_dir, OmegaConf.to_yaml(cfg))
     print(f"nemo-steerlm evaluate: report -> {report}")
     return {"report": str(report), "timings": results["timings"]}

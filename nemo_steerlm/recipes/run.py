@@ -1,7 +1,7 @@
 """Stage ``run``: the whole SteerLM chain locally in one run folder, resumable stage by stage.
 
-prepare -> train-apm -> annotate -> train-sft -> evaluate, each in ``output_dir/<stage>/``; every stage is the same
-code as its own command (composed from its own YAML, run in this process, so NeMo and megatron load once).
+prepare -> analyze -> train-apm -> annotate -> train-sft -> evaluate, each in ``output_dir/<stage>/``; every stage is
+the same code as its own command (composed from its own YAML, run in this process, so NeMo and megatron load once).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage
 FORWARDED_GROUPS = ("preset", "dataset", "attributes")
 STAGE_NAMES = {
     "prepare": "prepare",
+    "analyze": "analyze",
     "train_apm": "train-apm",
     "annotate": "annotate",
     "train_sft": "train-sft",
@@ -56,6 +57,7 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
         raise UserError(f"sft_labels={cfg.sft_labels}: choose annotated or human")
     return {
         "prepare": [],
+        "analyze": [f"data={prepared}"],
         "train_apm": [f"data={prepared}"],
         "annotate": [f"model={apm}", f"data={prepared / 'sft' / 'train.jsonl'}"],
         "train_sft": sft_data,

@@ -65,3 +65,13 @@ def test_layout_errors_before_any_work(tmp_path: Path, override: str, key: str) 
     assert res.returncode == 2
     assert key in res.stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_ablation_drops_the_attribute_from_the_model(tmp_path: Path) -> None:
+    """`attributes.drop=[helpfulness]`: prepare writes 8-entry vectors and the model's schema has the same 8."""
+    from nemo_steerlm.models.checkpoint import read_nemo_meta
+
+    out = tmp_path / "apm"
+    ok(steerlm("train-apm", f"output_dir={out}", "attributes.drop=[helpfulness]", "trainer.max_steps=1"))
+    meta = read_nemo_meta(out / "apm.nemo")
+    assert "helpfulness" not in meta["attributes"] and len(meta["attributes"]) == 8

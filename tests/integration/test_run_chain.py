@@ -30,8 +30,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_every_stage_ran_in_its_folder(chain: tuple[Path, str]) -> None:
     out, stdout = chain
-    for stage in ("prepare", "train-apm", "annotate", "train-sft", "evaluate"):
+    for stage in ("prepare", "analyze", "train-apm", "annotate", "train-sft", "evaluate"):
         assert (out / stage / f"{stage}.summary.json").exists(), stage
+    analysis = json.loads((out / "analyze" / "analysis.json").read_text(encoding="utf-8"))
+    train = (out / "prepare" / "sft" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    val = (out / "prepare" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()
+    assert analysis["rows"] == len(train) + len(val)  # analyze read the prepared data, one row per HelpSteer line
+    assert "[../analyze/analysis.md](../analyze/analysis.md)" in (out / "evaluate" / "report.md").read_text()
     assert f"report -> {out / 'evaluate' / 'report.md'}" in stdout
 
 
@@ -103,7 +108,7 @@ def test_sft_trained_on_annotated_labels(chain: tuple[Path, str]) -> None:
 def test_rerun_skips_finished_stages(chain: tuple[Path, str]) -> None:
     out, _ = chain
     res = ok(steerlm("run", f"output_dir={out}", *FAST))
-    assert res.stdout.count("already done") == 5
+    assert res.stdout.count("already done") == 6  # prepare, analyze, train-apm, annotate, train-sft, evaluate
 
 
 def test_preset_reaches_only_the_stages_that_have_one(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-MODULES = ["apm_metrics", "steerability", "mt_bench", "truthfulqa", "perplexity", "report"]
+MODULES = ["apm_metrics", "steerability", "mt_bench", "truthfulqa", "perplexity", "report", "analysis", "comparison"]
 
 
 def test_no_torch_or_megatron_at_import():
