@@ -15,6 +15,7 @@ STAGES: dict[str, str] = {
     "train-apm": "nemo_steerlm.recipes.train_apm",
     "annotate": "nemo_steerlm.recipes.annotate",
     "train-sft": "nemo_steerlm.recipes.train_sft",
+    "bootstrap": "nemo_steerlm.recipes.bootstrap",
     "generate": "nemo_steerlm.recipes.generate",
     "evaluate": "nemo_steerlm.recipes.evaluate",
     "export": "nemo_steerlm.recipes.export",
@@ -32,6 +33,7 @@ SteerLM with HelpSteer on NeMo + megatron-core. Stages:
   train-apm   train the attribute prediction model
   annotate    label SFT data with an attribute model
   train-sft   attribute-conditioned SFT
+  bootstrap   SFT answers at varied labels, APM-labelled: data for a second SFT
   generate    steered generation
   evaluate    APM metrics, steerability, MT-Bench answers, TruthfulQA
   export      .nemo -> Hugging Face

@@ -16,6 +16,7 @@ STAGES = [
     "train_apm",
     "annotate",
     "train_sft",
+    "bootstrap",
     "generate",
     "evaluate",
     "run",

@@ -1,7 +1,8 @@
 """Stage ``run``: the whole SteerLM chain locally in one run folder, resumable stage by stage.
 
-prepare -> analyze -> train-apm -> annotate -> train-sft -> evaluate, each in ``output_dir/<stage>/``; every stage is
-the same code as its own command (composed from its own YAML, run in this process, so NeMo and megatron load once).
+prepare -> analyze -> train-apm -> annotate -> train-sft [-> bootstrap -> train-sft-bootstrap] -> evaluate, each in
+``output_dir/<stage>/``; every stage is the same code as its own command (composed from its own YAML, run in this
+process, so NeMo and megatron load once).
 """
 
 from __future__ import annotations
@@ -12,20 +13,26 @@ from typing import Any
 
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage_app
 
 FORWARDED_GROUPS = ("preset", "dataset", "attributes")
-STAGE_NAMES = {
-    "prepare": "prepare",
-    "analyze": "analyze",
-    "train_apm": "train-apm",
-    "annotate": "annotate",
-    "train_sft": "train-sft",
-    "evaluate": "evaluate",
+#: run's stage keys -> the stage's folder (and summary name), and the recipe module and config it runs
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("prepare", "prepare"),
+    "analyze": ("analyze", "analyze"),
+    "train_apm": ("train-apm", "train_apm"),
+    "annotate": ("annotate", "annotate"),
+    "train_sft": ("train-sft", "train_sft"),
+    "bootstrap": ("bootstrap", "bootstrap"),
+    "train_sft_bootstrap": ("train-sft-bootstrap", "train_sft"),
+    "evaluate": ("evaluate", "evaluate"),
 }
+STAGE_NAMES = {key: folder for key, (folder, _) in STAGES.items()}
+#: the stages ``bootstrap=true`` adds after ``train_sft``
+BOOTSTRAP_STAGES = ("bootstrap", "train_sft_bootstrap")
 
 
 def _stage_groups(stage: str) -> set[str]:
@@ -40,7 +47,7 @@ def _stage_groups(stage: str) -> set[str]:
 
 def _forwarded(stage: str) -> list[str]:
     """The user's preset/dataset/attributes overrides of ``run``, for the stages whose config has those groups."""
-    groups = _stage_groups(stage)
+    groups = _stage_groups(STAGES[stage][1])
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in groups]
 
 
@@ -55,18 +62,28 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
         sft_data, sft_train = [f"data={prepared}"], prepared / "sft" / "train.jsonl"
     else:
         raise UserError(f"sft_labels={cfg.sft_labels}: choose annotated or human")
+    final_sft, final_train = sft, sft_train
+    bootstrapped = root / "bootstrap" / "train.bootstrap.jsonl"
+    if "train_sft_bootstrap" in cfg.stages:
+        final_sft, final_train = root / "train-sft-bootstrap" / "sft.nemo", bootstrapped
     return {
         "prepare": [],
         "analyze": [f"data={prepared}"],
         "train_apm": [f"data={prepared}"],
         "annotate": [f"model={apm}", f"data={prepared / 'sft' / 'train.jsonl'}"],
         "train_sft": sft_data,
+        "bootstrap": [f"model={sft}", f"apm={apm}", f"data={sft_train}"],
+        "train_sft_bootstrap": [
+            f"data={bootstrapped}",
+            f"val_data={prepared / 'sft' / 'val.jsonl'}",
+            f"preset.init_from={sft}",
+        ],
         "evaluate": [
-            f"model={sft}",
+            f"model={final_sft}",
             f"apm={apm}",
             f"data={prepared}",
             f"run_dir={root}",
-            f"steerability.reference={sft_train}",
+            f"steerability.reference={final_train}",
         ],
     }
 
@@ -74,7 +91,7 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
 def _run_one(stage: str, cfg: DictConfig, root: Path, wiring: list[str]) -> dict[str, Any]:
     import importlib
 
-    name = STAGE_NAMES[stage]
+    name, recipe = STAGES[stage]
     out = root / name
     summary_file = out / f"{name}.summary.json"
     if summary_file.exists():
@@ -84,20 +101,32 @@ def _run_one(stage: str, cfg: DictConfig, root: Path, wiring: list[str]) -> dict
     if stage == "evaluate":
         overrides = accept_steer_overrides(overrides)
     print(f"nemo-steerlm run: {name} {' '.join(overrides)}", flush=True)
-    stage_cfg = compose(config_name=stage, overrides=overrides)
-    module = importlib.import_module(f"nemo_steerlm.recipes.{stage}")
+    stage_cfg = compose(config_name=recipe, overrides=overrides)
+    module = importlib.import_module(f"nemo_steerlm.recipes.{recipe}")
     run_stage(name, stage_cfg, module.body)
     return json.loads(summary_file.read_text(encoding="utf-8"))
 
 
+def with_bootstrap(stages: list[str]) -> list[str]:
+    """``stages`` with one bootstrap round (:data:`BOOTSTRAP_STAGES`) after ``train_sft``, where it is not yet."""
+    if "train_sft" not in stages:
+        raise UserError("bootstrap=true needs the train_sft stage in stages")
+    missing = [s for s in BOOTSTRAP_STAGES if s not in stages]
+    at = stages.index("train_sft") + 1
+    return stages[:at] + missing + stages[at:]
+
+
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Runs the configured stages in order, skipping finished ones; returns each stage's summary."""
-    unknown = [s for s in cfg.stages if s not in STAGE_NAMES]
+    unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
-        raise UserError(f"stages={list(cfg.stages)}: unknown {unknown}; choose from {list(STAGE_NAMES)}")
+        raise UserError(f"stages={list(cfg.stages)}: unknown {unknown}; choose from {list(STAGES)}")
+    stages = with_bootstrap([str(s) for s in cfg.stages]) if cfg.bootstrap else [str(s) for s in cfg.stages]
+    with open_dict(cfg):
+        cfg.stages = stages
     root = output_dir.resolve()
     wiring = stage_overrides(cfg, root)
-    summaries = {str(s): _run_one(str(s), cfg, root, wiring[str(s)]) for s in cfg.stages}
+    summaries = {s: _run_one(s, cfg, root, wiring[s]) for s in stages}
     seconds = {name: round(float(s["seconds"]), 1) for name, s in summaries.items()}
     report = summaries.get("evaluate", {}).get("report")
     print("\nnemo-steerlm run: finished. Stage seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))

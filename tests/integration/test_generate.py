@@ -18,7 +18,13 @@ from nemo_steerlm.attributes import TURN_MARKER
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.template import render_prompt
 from nemo_steerlm.models.checkpoint import restore_nemo
-from nemo_steerlm.models.generation import SamplingParams, generate, generate_full, prompt_conversation
+from nemo_steerlm.models.generation import (
+    SamplingParams,
+    generate,
+    generate_full,
+    generate_ids,
+    prompt_conversation,
+)
 
 pytestmark = pytest.mark.integration
 NEW = 16
@@ -48,19 +54,33 @@ def _recompute_greedy(model, prompt_ids: list[int], steps: int) -> list[int]:
     return ids[len(prompt_ids) :]
 
 
+def _prompt_ids(model, conv, label: str) -> list[int]:
+    return model.tokenizer(render_prompt(conv, label), add_special_tokens=False)["input_ids"]
+
+
 def test_kv_cache_batch_equals_unbatched_full_recomputation(sft_model, conversations) -> None:
     params = SamplingParams(max_new_tokens=NEW, greedy=True, stop_text="", batch_size=len(conversations))
-    got = generate_full(sft_model, conversations, "verbosity:1", params)
+    full = [_prompt_ids(sft_model, conv, "verbosity:1") for conv in conversations]
+    limit = 512 - NEW  # a budget above the prompt policy's, so that long and short prompts share one batch
+    got = generate_ids(sft_model, full, params, max_prompt_tokens=limit)
     lengths = {len(g.prompt_ids) for g in got}
     assert len(lengths) >= 3, "the batch should mix prompt lengths"
-    limit = 512 - NEW  # the model's seq_length minus the new tokens: longer prompts are cut from the left
     truncated = 0
-    for conv, g in zip(conversations, got, strict=True):
-        full = sft_model.tokenizer(render_prompt(conv, "verbosity:1"), add_special_tokens=False)["input_ids"]
-        assert g.prompt_ids == full[-limit:] and g.prompt_truncated == (len(full) > limit)
+    for ids, g in zip(full, got, strict=True):
+        assert g.prompt_ids == ids[-limit:] and g.prompt_truncated == (len(ids) > limit)
         truncated += g.prompt_truncated
         assert g.token_ids == _recompute_greedy(sft_model, g.prompt_ids, NEW)
     assert 0 < truncated < len(got)
+
+
+def test_generation_reads_the_context_training_kept(sft_model, conversations) -> None:
+    # train-sft kept model.max_context_tokens (64 for the tiny preset) before each response: so does generation
+    assert sft_model.prompt_policy.max_context_tokens == 64
+    got = generate_full(sft_model, conversations, "verbosity:1", SamplingParams(max_new_tokens=NEW, greedy=True))
+    for conv, g in zip(conversations, got, strict=True):
+        full = _prompt_ids(sft_model, conv, "verbosity:1")
+        assert g.prompt_ids == full[-64:] and g.prompt_truncated == (len(full) > 64)
+    assert any(g.prompt_truncated for g in got)
 
 
 def test_stop_text_cuts_the_response(sft_model, conversations) -> None:
@@ -162,10 +182,46 @@ def test_batched_scoring_equals_an_unpadded_log_softmax_per_sample(sft_model, co
     got = sft_model.score_continuations(prompts, answers)
     for prompt, answer, value in zip(prompts, answers, got, strict=True):
         enc = sft_model.tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])[-513:]
-        scored = [start >= len(prompt) for start, _ in list(enc["offset_mapping"])[-len(ids) :]]
+        scored = [start >= len(prompt) for start, _ in enc["offset_mapping"]]
+        first = scored.index(True)  # the context keeps the 64 tokens before the answer, as in training
+        ids, scored = list(enc["input_ids"])[max(first - 64, 0) :], scored[max(first - 64, 0) :]
         with torch.no_grad():
             logits = sft_model.model(torch.tensor([ids[:-1]]), torch.arange(len(ids) - 1).unsqueeze(0), None)
         logp = torch.log_softmax(logits[0].double(), dim=-1)
         expected = sum(float(logp[t - 1, ids[t]]) for t in range(1, len(ids)) if scored[t])
         assert value == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+def test_cli_label_from_data_answers_each_line_under_its_own_label(tiny_sft: Path, sft_model, tmp_path: Path) -> None:
+    out, data = tmp_path / "own", tiny_sft / "data" / "sft" / "val.jsonl"
+    args = [f"model={tiny_sft / 'sft.nemo'}", f"data={data}", f"output_dir={out}", "limit=6", "label=from_data"]
+    ok(steerlm("generate", *args, f"sampling.max_new_tokens={NEW}", "sampling.greedy=true"))
+    got = [json.loads(x) for x in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    src = [json.loads(x)["conversations"] for x in data.read_text(encoding="utf-8").splitlines()[:6]]
+    assert [g["label"] for g in got] == [conv[-1]["label"] for conv in src]
+    assert len({g["label"] for g in got}) > 1  # the labels differ line by line
+    # the CLI's prompt is what training kept of the same conversation: the ids before its first trained token
+    trained = sft_model.sft_dataset(str(data)).samples[:6]
+    assert [g["prompt_tokens"] for g in got] == [s.loss_mask.index(True) for s in trained]
+    assert json.loads((out / "generate.summary.json").read_text())["label"] == "from_data"
+
+
+def test_cli_label_from_data_needs_labelled_conversations(tiny_sft: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Name a river."}\n', encoding="utf-8")
+    res = steerlm(
+        "generate", f"model={tiny_sft / 'sft.nemo'}", f"data={prompts}", f"output_dir={tmp_path / 'o'}",
+        "label=from_data",
+    )  # fmt: skip
+    assert res.returncode == 2 and f"{prompts}:1: label=from_data needs a conversation" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_budget_that_leaves_no_room_for_the_label(tiny_sft: Path, tmp_path: Path) -> None:
+    res = steerlm(
+        "generate", f"model={tiny_sft / 'sft.nemo'}", f"data={tiny_sft / 'data' / 'sft' / 'val.jsonl'}",
+        f"output_dir={tmp_path / 'o'}", "sampling.max_new_tokens=500", "limit=2",
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "sampling.max_new_tokens=500 leaves 12 prompt tokens (model seq_length=512" in res.stderr
+    assert not (tmp_path / "o").exists()
