@@ -210,7 +210,7 @@ def test_greedy_generation_of_exported_model_equals_our_loop(imported):
         with torch.no_grad():
             generated = exported.generate(
                 torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                do_sample=False, max_new_tokens=12,
+                do_sample=False, max_new_tokens=12, tokenizer=tok,  # the stop string <extra_id_1> needs it
             )[0].tolist()  # fmt: skip
         assert generated == greedy_loop(ours, prompt, 12, tok.eos_token_id)
         assert len(generated) > len(prompt)
