@@ -139,6 +139,8 @@ def build_gpt_model(
         share_embeddings_and_output_weights=gpt.tie_embeddings,
         position_embedding_type=gpt.position_embedding,
         rotary_base=gpt.rotary_base,
+        rope_scaling=gpt.rope_scaling_factor is not None,
+        rope_scaling_factor=8.0 if gpt.rope_scaling_factor is None else float(gpt.rope_scaling_factor),
         **model_kwargs,
     )
     if torch.cuda.is_available():

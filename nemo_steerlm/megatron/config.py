@@ -37,6 +37,8 @@ class GPTConfig:
         activation: ``swiglu`` (gated SiLU, fused fc1) or ``gelu``.
         position_embedding: ``rope`` or ``learned_absolute``.
         rotary_base: RoPE base.
+        rope_scaling_factor: Llama 3.1 rotary frequency scaling (Hugging Face ``rope_type: llama3``) with this factor
+            and megatron's fixed low/high frequency factors 1 and 4 over 8192 original positions; ``None``: none.
         tie_embeddings: share input embedding and output projection weights.
         layernorm_epsilon: norm epsilon.
         add_bias_linear: biases in the linear layers.
@@ -55,6 +57,7 @@ class GPTConfig:
     activation: Activation = "swiglu"
     position_embedding: PositionEmbedding = "rope"
     rotary_base: int = 10000
+    rope_scaling_factor: float | None = None
     tie_embeddings: bool = False
     layernorm_epsilon: float = 1e-5
     add_bias_linear: bool = False
