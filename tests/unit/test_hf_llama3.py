@@ -8,6 +8,8 @@ forms and reloads into transformers with the original logits; import → export 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_hf_export_readers import FLOOR  # noqa: E402
 from test_hf_interop import GPT2, our_logits, restore  # noqa: E402
 
 ATOL = 1e-4
@@ -77,3 +80,15 @@ def test_llama3_import_matches_transformers_and_exports_back(tmp_path):
     assert (again - theirs).abs().max().item() <= ATOL
     before, after = load_file(hf_dir / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    if (FLOOR / "transformers").is_dir():  # the oldest transformers we declare reads the scaling too
+        script = (
+            "import sys, json, torch, transformers; m = transformers.LlamaForCausalLM.from_pretrained(sys.argv[1]); "
+            "t = torch.tensor(json.loads(sys.argv[2]))\n"
+            "with torch.no_grad(): print(json.dumps(m(input_ids=t).logits.tolist()))"
+        )
+        env = {**os.environ, "PYTHONPATH": str(FLOOR), "TRANSFORMERS_VERBOSITY": "error"}
+        args = [sys.executable, "-c", script, str(tmp_path / "out"), json.dumps(tokens.tolist())]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        old = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+        assert (old - theirs).abs().max().item() <= ATOL
