@@ -27,7 +27,7 @@ STAGE_NAMES = {
 }
 
 
-def _stage_groups(stage: str) -> set[str]:
+def stage_groups(stage: str) -> set[str]:
     """The config groups a stage's YAML declares in its defaults list (of ``preset``, ``dataset``, ``attributes``)."""
     from nemo_steerlm.recipes.common import CONF_DIR
 
@@ -39,7 +39,7 @@ def _stage_groups(stage: str) -> set[str]:
 
 def _forwarded(stage: str) -> list[str]:
     """The user's preset/dataset/attributes overrides of ``run``, for the stages whose config has those groups."""
-    groups = _stage_groups(stage)
+    groups = stage_groups(stage)
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in groups]
 
 
