@@ -96,6 +96,9 @@ def build_transformer_config(
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         calculate_per_token_loss=calculate_per_token_loss,
+        recompute_granularity=parallel.recompute_granularity,
+        recompute_method=parallel.recompute_method,
+        recompute_num_layers=parallel.recompute_num_layers,  # selective: megatron recomputes the core attention
     )
 
 

@@ -63,6 +63,10 @@ def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
         params_dtype=str(cfg.params_dtype),
         # .nemo files from before this setting have none: the default applies (no weights differ either way)
         core_attention=str(cfg.get("core_attention", "sdpa")),
+        # and none of the activation recomputation settings (off; it changes no weights either)
+        recompute_granularity=cfg.get("recompute_granularity"),
+        recompute_method=cfg.get("recompute_method"),
+        recompute_num_layers=cfg.get("recompute_num_layers"),
     )
 
 
