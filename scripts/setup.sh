@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs nemo-steerlm with its pinned stack (CPU torch 2.13) and the dev tools.
-# Usage: bash scripts/setup.sh            (idempotent; about a minute on a fresh machine)
+# Usage: bash scripts/setup.sh            (idempotent; docs/install.md says what it downloads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
