@@ -195,3 +195,17 @@ def test_exports_load_identically_with_the_floor_transformers(exports):
         scores = new_apm(**apm_tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")).logits
     assert (torch.tensor(old["logits"]) - logits).abs().max().item() <= ATOL
     assert (torch.tensor(old["scores"]) - scores).abs().max().item() <= ATOL
+
+
+def test_done_line_names_the_model_folder(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from nemo_steerlm.recipes.common import run_stage
+
+    def body(cfg, output_dir):
+        return {"model_dir": str(output_dir / "hf")}  # what export's body returns
+
+    run_stage("export", OmegaConf.create({"output_dir": str(tmp_path / "D")}), body)
+    assert capsys.readouterr().out.strip().endswith(f"-> {tmp_path / 'D' / 'hf'}")
+    run_stage("prepare", OmegaConf.create({"output_dir": str(tmp_path / "P")}), lambda cfg, out: {"rows": {}})
+    assert capsys.readouterr().out.strip().endswith(f"-> {tmp_path / 'P'}")  # other stages: output_dir
