@@ -86,6 +86,8 @@ def _sbatch_header(step: StepSpec, chain: ChainSpec, cluster: ClusterSpec, job: 
         flags.append(f"--signal=B:{REQUEUE_SIGNAL}@{cluster.signal_seconds}")
     if cluster.gpus and step.distributed:
         flags.append(f"--gpus-per-node={per_node}")
+    elif cluster.gpus and step.gpus_per_node:
+        flags.append(f"--gpus-per-node={step.gpus_per_node}")
     for flag, value in (("partition", cluster.partition), ("account", cluster.account), ("qos", cluster.qos)):
         if value:
             flags.append(f"--{flag}={value}")
@@ -152,8 +154,8 @@ def render_job(step: StepSpec, chain: ChainSpec, cluster: ClusterSpec, index: in
         The script and where it goes.
     """
     job = f"{step.name}-merge" if merge else step.name
-    if merge:  # the merge of a sharded step is one plain task
-        step = replace(step, distributed=False, nodes=1, preemptible=False)
+    if merge:  # the merge of a sharded step is one plain task (it joins files: no GPU)
+        step = replace(step, distributed=False, nodes=1, preemptible=False, gpus_per_node=None)
     array = step.shards if step.shards is not None and not merge else None
     ldir = launch_dir(chain.run_dir)
     script_path = ldir / f"{index:02d}-{job}.sbatch"

@@ -118,6 +118,8 @@ class StepSpec:
         time: walltime (None = the cluster's).
         preemptible: the stage checkpoints on SIGUSR1 and requeues itself (training stages).
         layout: the model-parallel layout to check (distributed steps; None = unknown).
+        gpus_per_node: GPUs of a non-distributed step that runs a model, on a GPU cluster (None = none; a
+            distributed step gets one per task).
     """
 
     name: str
@@ -131,6 +133,7 @@ class StepSpec:
     time: str | None = None
     preemptible: bool = False
     layout: Layout | None = None
+    gpus_per_node: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ Splitting:
   validation with all their responses; both sides keep the input order.
 * OpenAssistant trees are split by tree with the reference rule (``split_oasst``: shuffle with ``seed``, keep
   ``int(n * (1 - val_fraction))``); ``seed=10, val_fraction=0.05`` is the reference split.
+* Chat ``messages`` conversations are split by conversation with the same rule as OpenAssistant trees.
 * ``val_fraction=0`` puts every row in train in input order (the val files exist and are empty).
 
 The repeat factor applies to training data only: each training conversation is written ``repeat`` times in a row,
@@ -41,6 +42,7 @@ from nemo_steerlm.data.sources import (
     VALIDATION_SPLITS,
     HelpSteerRow,
     helpsteer_to_conversation,
+    load_chat_messages,
     load_helpsteer,
     load_oasst_trees,
     merge_sources,
@@ -51,7 +53,7 @@ from nemo_steerlm.data.template import Conversation
 
 log = logging.getLogger(__name__)
 
-SOURCE_NAMES = ("helpsteer", "helpsteer2", "oasst")
+SOURCE_NAMES = ("helpsteer", "helpsteer2", "oasst", "chat_messages")
 OUTPUT_FILES = ("sft/train.jsonl", "sft/val.jsonl", "regression/train.jsonl", "regression/val.jsonl")
 
 
@@ -60,7 +62,7 @@ class SourceSpec:
     """One input source.
 
     Args:
-        name: ``helpsteer``, ``helpsteer2`` or ``oasst``.
+        name: ``helpsteer``, ``helpsteer2``, ``oasst`` or ``chat_messages``.
         path: a local file / folder, or a hub id for the HelpSteer sources.
         repeat: how many times each training conversation is written (validation is never repeated).
     """
@@ -121,6 +123,13 @@ def _load(src: SourceSpec, schema: AttributeSchema, spec: PrepareSpec) -> _Loade
             train_trees, val_trees = trees, []
         out.train = [c for t in train_trees for c in oasst_threads(t, schema)]
         out.val = [c for t in val_trees for c in oasst_threads(t, schema)]
+        return out
+    if src.name == "chat_messages":
+        convs = load_chat_messages(src.path, schema)
+        if spec.val_fraction > 0:  # split by conversation, as OpenAssistant by tree
+            out.train, out.val = split_oasst(convs, spec.seed, 1.0 - spec.val_fraction)
+        else:
+            out.train = convs
         return out
     splits = load_helpsteer(src.path, schema)
     val_name = next((s for s in VALIDATION_SPLITS if s in splits), None)

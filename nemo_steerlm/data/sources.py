@@ -6,6 +6,10 @@
   name the file, the line and the field. Multi-turn HelpSteer2 prompts carry earlier turns inline, joined with
   ``<extra_id_1>`` markers; they are kept as is (one user turn holding the whole text), as the reference does.
 * OpenAssistant trees (``*.trees.jsonl[.gz]``) become one conversation per root-to-leaf thread.
+* Chat ``messages`` JSONL (the OpenAI / TRL conversational format): one conversation per line,
+  ``{"messages": [{"role": "system"|"user"|"assistant", "content": str, "label": "helpfulness:3,..."}, ...]}``
+  with an optional leading system message (else the SteerLM system prompt) and an optional attribute label on
+  assistant turns.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from nemo_steerlm.attributes import (
     ASSISTANT_ROLE,
     HELPSTEER_ATTRIBUTES,
     OASST_ATTRIBUTES,
+    SYSTEM_PROMPT,
     USER_ROLE,
     AttributeSchema,
     LabelError,
@@ -338,6 +343,81 @@ def oasst_threads(tree: Mapping[str, Any], schema: AttributeSchema) -> list[Conv
         # push in reverse so the first reply is expanded first (depth-first, replies in order)
         stack.extend((child, path) for child in reversed(replies))
     return [Conversation(turns) for turns in threads if len(turns) > 1]
+
+
+# ------------------------------------------------------------------------------------------ chat messages JSONL
+
+CHAT_ROLES = {"user": USER_ROLE, "assistant": ASSISTANT_ROLE}
+
+
+def _chat_label(message: Mapping[str, Any], schema: AttributeSchema, path: str, line: int, where: str) -> str | None:
+    label = message.get("label")
+    if label is None:
+        return None
+    if message["role"] != "assistant":
+        raise DataError(path, "only assistant messages carry an attribute label", line, f"{where}.label")
+    if not isinstance(label, str):
+        raise DataError(
+            path, f"expected a string like 'helpfulness:3,verbosity:1', got {label!r}", line, where + ".label"
+        )
+    try:
+        return schema.format_label(schema.parse_label(label))
+    except LabelError as err:
+        raise DataError(path, str(err), line, f"{where}.label") from None
+
+
+def chat_messages_conversation(obj: Mapping[str, Any], schema: AttributeSchema, path: str, line: int) -> Conversation:
+    """One ``{"messages": [...]}`` object as a conversation (labels normalised to schema order).
+
+    Rules: ``messages`` is a non-empty list; a ``system`` message may come first only; then ``user`` and
+    ``assistant`` alternate, starting with ``user``, with at least one assistant answer; every ``content`` is a
+    string; ``label`` (assistant only) is a valid label of the schema or ``null``. Other keys (``name``, tool calls'
+    ids, ...) are not allowed on a message, so nothing is silently dropped.
+
+    Raises:
+        DataError: naming the file, the line and the field (e.g. ``messages[2].role``).
+    """
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, "expected a non-empty list of {role, content} messages", line, "messages")
+    system, turns = SYSTEM_PROMPT, []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(path, f"expected a message object, got {type(message).__name__}", line, where)
+        unknown = sorted(set(message) - {"role", "content", "label"})
+        if unknown:
+            raise DataError(path, f"unsupported keys {unknown} (role, content, label)", line, where)
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(content, str):
+            raise DataError(path, f"expected a string, got {content!r:.60}", line, f"{where}.content")
+        if role == "system" and i == 0:
+            system = content
+            continue
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if role != expected:
+            what = "system only as the first message; " if role == "system" else ""
+            raise DataError(path, f"role {role!r}: {what}expected {expected!r} (user and assistant alternate)", line,
+                            f"{where}.role")  # fmt: skip
+        turns.append(Turn(content, CHAT_ROLES[role], _chat_label(message, schema, path, line, where)))
+    if len(turns) < 2:
+        raise DataError(path, "a conversation needs a user message and an assistant answer", line, "messages")
+    return Conversation(turns, system=system)
+
+
+def load_chat_messages(path: str | os.PathLike[str], schema: AttributeSchema) -> list[Conversation]:
+    """Reads a chat ``messages`` JSONL file (``.jsonl`` or ``.jsonl.gz``), one conversation per line.
+
+    Raises:
+        DataError: on the first bad line, naming the file, line and field.
+    """
+    out = []
+    for line, obj in read_jsonl(path):
+        unknown = sorted(set(obj) - {"messages"})
+        if unknown:
+            raise DataError(path, f'unsupported keys {unknown}; a line is {{"messages": [...]}}', line)
+        out.append(chat_messages_conversation(obj, schema, str(path), line))
+    return out
 
 
 def split_oasst(trees: Sequence[Any], seed: int = 10, train_fraction: float = 0.95) -> tuple[list[Any], list[Any]]:

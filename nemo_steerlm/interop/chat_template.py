@@ -6,6 +6,10 @@ Messages are ``{"role": "system"|"user"|"assistant", "content": str}``; an assis
 ``steer_label`` is a template variable (``apply_chat_template(..., steer_label="verbosity:1,...")``); left out, the
 model's default steering label is used; ``steer_label=None`` renders no label block. Without a system message the
 SteerLM system prompt is used.
+
+The attribute model's template (``readout=True``) renders what the APM was trained on instead: the turns without
+their labels, then the ``<extra_id_2>`` read-out whose hidden state the score head reads (as
+``data.template.regression_text``); it has no generation prompt.
 """
 
 from __future__ import annotations
@@ -36,15 +40,19 @@ _TEMPLATE = r"""{%- if messages and messages[0]['role'] | lower == 'system' -%}
 {{- @TURN_MARKER@ + @USER_ROLE@ + '\n' + message['content'] + '\n' -}}
 {%- elif role == 'assistant' -%}
 {{- @TURN_MARKER@ + @ASSISTANT_ROLE@ + '\n' -}}
-{%- if message['label'] is defined and message['label'] is not none -%}
-{{- @LABEL_MARKER@ + message['label'] + '\n' -}}
-{%- endif -%}
+@TURN_LABEL@
 {{- message['content'] + '\n' -}}
 {%- else -%}
 {{- raise_exception('SteerLM chat template: roles are system (first), user and assistant; got ' + message['role']) -}}
 {%- endif -%}
 {%- endfor -%}
-{%- if add_generation_prompt -%}
+@ENDING@"""
+
+_TURN_LABEL = r"""{%- if message['label'] is defined and message['label'] is not none -%}
+{{- @LABEL_MARKER@ + message['label'] + '\n' -}}
+{%- endif -%}"""
+
+_GENERATION_ENDING = r"""{%- if add_generation_prompt -%}
 {{- @TURN_MARKER@ + @ASSISTANT_ROLE@ + '\n' -}}
 {%- if steer_label is not defined -%}
 {{- @LABEL_MARKER@ + @DEFAULT_LABEL@ + '\n' -}}
@@ -53,12 +61,16 @@ _TEMPLATE = r"""{%- if messages and messages[0]['role'] | lower == 'system' -%}
 {%- endif -%}
 {%- endif -%}"""
 
+# the attribute model reads the hidden state at the read-out marker that closes its input
+_READOUT_ENDING = r"""{{- @LABEL_MARKER@ -}}"""
 
-def steerlm_chat_template(default_label: str) -> str:
-    """The Jinja chat template of the SteerLM prompt.
+
+def steerlm_chat_template(default_label: str, readout: bool = False) -> str:
+    """The Jinja chat template of the SteerLM prompt (``readout=False``) or of the attribute model's input.
 
     Args:
         default_label: the steering label used when ``steer_label`` is not passed (e.g. ``schema.steer_label()``).
+        readout: the attribute model's template: turns without labels, ending at ``<extra_id_2>``.
 
     Returns:
         The template text, for ``tokenizer.chat_template``.
@@ -74,7 +86,8 @@ def steerlm_chat_template(default_label: str) -> str:
         "LABEL_MARKER": LABEL_MARKER,
         "DEFAULT_LABEL": default_label,
     }
-    text = _TEMPLATE
+    text = _TEMPLATE.replace("@TURN_LABEL@", "" if readout else _TURN_LABEL)
+    text = text.replace("@ENDING@", _READOUT_ENDING if readout else _GENERATION_ENDING)
     for name, value in values.items():
         text = text.replace(f"@{name}@", json.dumps(value, ensure_ascii=False))
     return text

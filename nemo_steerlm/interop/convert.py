@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT, AttributeSchema
+from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT, TURN_MARKER, AttributeSchema
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.interop.chat_template import steerlm_chat_template
 from nemo_steerlm.interop.hf_llama import (
@@ -35,6 +35,7 @@ from nemo_steerlm.interop.hf_llama import (
     megatron_to_hf,
     shape_mismatches,
 )
+from nemo_steerlm.interop.model_card import model_card
 
 MODEL_CLASSES = {
     "apm": "nemo_steerlm.models.apm.AttributePredictionModel",
@@ -309,14 +310,14 @@ def _load_nemo_weights(model: Any, path: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------------ export
 def _hf_config(model: Any, kind: str, dtype: torch.dtype) -> Any:
-    """The transformers config of an exported model (``LlamaConfig`` with token ids, labels for the APM)."""
+    """The transformers config of an exported model (``LlamaConfig`` with token ids; the APM's labelled outputs)."""
     from transformers import LlamaConfig
 
     tok = model.tokenizer
     kwargs = hf_config_dict(model.gpt_config)
     kwargs.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if kind == "apm":
-        names = list(model.schema.names)
+        names = list(model.labelled_schema.names)
         kwargs.update(
             num_labels=len(names),
             id2label=dict(enumerate(names)),
@@ -331,12 +332,15 @@ def _hf_config(model: Any, kind: str, dtype: torch.dtype) -> Any:
 def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write a ``.nemo`` as a Hugging Face directory (one process; the model is restored at TP=1, PP=1).
 
-    SFT → ``LlamaForCausalLM``; APM → ``LlamaForSequenceClassification`` (``num_labels`` = attributes, ``id2label``
-    = their names, ``pad_token_id`` set so the last non-pad token is scored; pad on the right); its ``score`` equals
-    our bias-free regression head. The tokenizer gets the SteerLM chat template; ``steerlm.json`` records the schema.
+    SFT → ``LlamaForCausalLM`` whose ``generation_config.json`` stops at the turn marker ``<extra_id_1>``; APM →
+    ``LlamaForSequenceClassification`` with one output per labelled attribute (``id2label``; the outputs that never
+    met a label are left out), ``pad_token_id`` set so the last non-pad token is scored (pad on the right), and a
+    chat template that ends at the ``<extra_id_2>`` read-out; its ``score`` rows equal our bias-free regression
+    head's. ``config.json`` carries the rotary settings in the forms of transformers 4 and 5. The tokenizer gets
+    the SteerLM chat template; ``steerlm.json`` records the schema; ``README.md`` is the model card.
 
     Returns:
-        A summary: kind, output folder, architecture, parameter count.
+        A summary: kind, output folder (``model_dir``), architecture, parameter count, stop settings.
     """
     from nemo_steerlm.models.checkpoint import read_nemo_meta, restore_nemo
 
@@ -351,9 +355,9 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     full = model.model.state_dict()
     dtype = next(model.model.parameters()).dtype
     summary = _write_hf_model(model, kind, full, dtype, out)
-    tok = model.tokenizer
-    tok.chat_template = steerlm_chat_template(model.labelled_schema.steer_label())
-    tok.save_pretrained(str(out), save_jinja_files=False)  # the template goes into tokenizer_config.json
+    write_compatible_config(out / "config.json")
+    _write_tokenizer(model, kind, out)
+    stops = _write_generation_config(model, out) if kind == "sft" else {}
     meta = {
         "kind": kind,
         "attributes": list(model.schema.names),
@@ -363,9 +367,75 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         "labelled_attributes": list(model.labelled_schema.names),
         "default_steer_label": model.labelled_schema.steer_label(),
         "source": str(Path(nemo_path).resolve()),
+        **stops,
     }
     (out / "steerlm.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return {"kind": kind, "output_dir": str(out), **summary}
+    (out / "README.md").write_text(model_card(model, kind, meta, summary), encoding="utf-8")
+    return {"kind": kind, "output_dir": str(out), "model_dir": str(out), **summary, **stops}
+
+
+def _write_tokenizer(model: Any, kind: str, out: Path) -> None:
+    """The tokenizer with the SteerLM chat template, loadable by transformers 4 and 5 (see below)."""
+    tok = model.tokenizer
+    tok.chat_template = steerlm_chat_template(model.labelled_schema.steer_label(), readout=kind == "apm")
+    tok.save_pretrained(str(out), save_jinja_files=False)  # the template goes into tokenizer_config.json
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    # transformers 5 names a plain tokenizer.json tokenizer "TokenizersBackend", a class transformers 4 lacks;
+    # PreTrainedTokenizerFast is the same tokenizer under the name both versions know (whose transformers 4
+    # default would add token_type_ids, which Llama's forward refuses)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config.setdefault("model_input_names", ["input_ids", "attention_mask"])
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_compatible_config(path: Path) -> None:
+    """Rewrite an exported ``config.json`` so transformers 4 and 5 read the same rotary settings.
+
+    Transformers 5 writes only ``rope_parameters``; transformers 4 reads ``rope_theta`` and ``rope_scaling`` and
+    silently falls back to base 10,000 without the former.
+    """
+    config = json.loads(path.read_text(encoding="utf-8"))
+    params = dict(config.get("rope_parameters") or {})
+    if "rope_theta" in params:
+        config["rope_theta"] = params["rope_theta"]
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if scaling.get("rope_type", "default") != "default":
+        config["rope_scaling"] = {**scaling, "type": scaling["rope_type"]}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def stop_settings(tokenizer: Any) -> dict[str, Any]:
+    """How generation stops at the turn marker ``<extra_id_1>`` with this tokenizer.
+
+    Returns:
+        ``eos_token_id``: the ids that end generation (EOS, plus the marker when it is one token);
+        ``stop_strings``: ``["<extra_id_1>"]`` when the marker is several tokens (transformers' ``stop_strings``;
+        ``generate`` then needs ``tokenizer=``, pipelines pass it themselves; other engines take it as a stop
+        string, e.g. vLLM's ``SamplingParams(stop=[...])``), else ``[]``.
+    """
+    ids = tokenizer(TURN_MARKER, add_special_tokens=False)["input_ids"]
+    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    if len(ids) == 1:
+        return {"eos_token_id": eos + [int(ids[0])], "stop_strings": []}
+    return {"eos_token_id": eos, "stop_strings": [TURN_MARKER]}
+
+
+def _write_generation_config(model: Any, out: Path) -> dict[str, Any]:
+    from transformers import GenerationConfig
+
+    tok = model.tokenizer
+    stops = stop_settings(tok)
+    eos = stops["eos_token_id"]
+    config = GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=eos[0] if len(eos) == 1 else eos,
+        pad_token_id=tok.pad_token_id,
+        stop_strings=stops["stop_strings"] or None,
+    )
+    config.save_pretrained(str(out))
+    return stops
 
 
 def _write_hf_model(model: Any, kind: str, full: Mapping[str, Any], dtype: torch.dtype, out: Path) -> dict[str, Any]:
@@ -374,6 +444,9 @@ def _write_hf_model(model: Any, kind: str, full: Mapping[str, Any], dtype: torch
     config = _hf_config(model, kind, dtype)
     head = "score" if kind == "apm" else "lm_head"
     state = megatron_to_hf(full, model.gpt_config, head=head)
+    if kind == "apm":  # only the outputs that were trained against labels
+        rows = [list(model.schema.names).index(n) for n in model.labelled_schema.names]
+        state["score.weight"] = state["score.weight"][rows].contiguous()
     cls = LlamaForSequenceClassification if kind == "apm" else LlamaForCausalLM
     with torch.device("meta"):
         hf_model = cls(config)

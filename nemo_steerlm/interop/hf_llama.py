@@ -2,7 +2,9 @@
 
 Covers ``LlamaForCausalLM`` / ``LlamaForSequenceClassification`` checkpoints of the Llama family (Llama 2/3,
 SmolLM2, Mistral-style grouped-query attention without a sliding window): RMSNorm, SwiGLU, RoPE (default rotary
-scaling only), tied or untied embeddings, attention/MLP biases when both or neither are on.
+embeddings, or Llama 3.1/3.2's ``llama3`` frequency scaling with the fixed low/high frequency factors 1 and 4 over
+8192 original positions that all Llama 3.x checkpoints and megatron-core use), tied or untied embeddings,
+attention/MLP biases when both or neither are on.
 
 Mapping (HF → megatron, full model, TP=1)::
 
@@ -42,6 +44,8 @@ SUPPORTED_ARCHITECTURES = (
     "MistralForSequenceClassification",
 )
 HEAD_KEYS = ("regression_head.weight",)
+# the llama3 rope scaling settings megatron-core's RotaryEmbedding applies (only the factor is an argument)
+LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 # HF keys that carry no weights of ours
 _IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -56,13 +60,35 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
     return getattr(config, key, default)
 
 
+def _rope_settings(config: Any) -> dict[str, Any]:
+    """The rotary settings of a config: transformers 4's ``rope_theta``/``rope_scaling`` and 5's ``rope_parameters``.
+
+    Where both forms are present, ``rope_parameters`` wins.
+    """
+    merged = dict(_get(config, "rope_scaling") or {})
+    if _get(config, "rope_theta") is not None:
+        merged["rope_theta"] = _get(config, "rope_theta")
+    merged.update(_get(config, "rope_parameters") or {})
+    return merged
+
+
 def _rope_type(config: Any) -> tuple[str, float | None]:
     """The rotary scaling type and base of a config (transformers 4 ``rope_scaling`` or 5 ``rope_parameters``)."""
-    params = _get(config, "rope_parameters") or {}
-    scaling = _get(config, "rope_scaling") or {}
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    theta = params.get("rope_theta", _get(config, "rope_theta"))
+    settings = _rope_settings(config)
+    rope_type = settings.get("rope_type") or settings.get("type") or "default"
+    theta = settings.get("rope_theta")
     return str(rope_type), None if theta is None else float(theta)
+
+
+def _llama3_problems(config: Any) -> list[str]:
+    settings = _rope_settings(config)
+    problems = []
+    if settings.get("factor") is None:
+        problems.append("rope scaling type 'llama3' without a factor")
+    for key, value in LLAMA3_FIXED.items():
+        if key in settings and float(settings[key]) != value:
+            problems.append(f"rope scaling {key}={settings[key]} (megatron-core's llama3 scaling uses {value:g})")
+    return problems
 
 
 def check_supported(config: Any) -> None:
@@ -79,8 +105,10 @@ def check_supported(config: Any) -> None:
     if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         problems.append(f"architectures={archs} (supported: {list(SUPPORTED_ARCHITECTURES)})")
     rope_type, _ = _rope_type(config)
-    if rope_type != "default":
-        problems.append(f"rope scaling type {rope_type!r} is not implemented (only 'default' rotary embeddings)")
+    if rope_type == "llama3":
+        problems += _llama3_problems(config)
+    elif rope_type != "default":
+        problems.append(f"rope scaling type {rope_type!r} is not implemented (only 'default' and 'llama3')")
     act = _get(config, "hidden_act", "silu")
     if act != "silu":
         problems.append(f"hidden_act={act!r} (only SwiGLU with 'silu')")
@@ -118,7 +146,8 @@ def gpt_config_from_hf(
         HFInteropError: for unsupported configs (see :func:`check_supported`).
     """
     check_supported(config)
-    _, theta = _rope_type(config)
+    rope_type, theta = _rope_type(config)
+    factor = float(_rope_settings(config)["factor"]) if rope_type == "llama3" else None
     theta = 10000.0 if theta is None else theta
     heads = int(_get(config, "num_attention_heads"))
     return GPTConfig(
@@ -133,6 +162,7 @@ def gpt_config_from_hf(
         activation="swiglu",
         position_embedding="rope",
         rotary_base=int(theta) if float(theta).is_integer() else theta,  # type: ignore[arg-type]
+        rope_scaling_factor=factor,
         tie_embeddings=bool(_get(config, "tie_word_embeddings", False)),
         layernorm_epsilon=float(_get(config, "rms_norm_eps", 1e-6)),
         add_bias_linear=bool(_get(config, "attention_bias", False)),
@@ -154,6 +184,9 @@ def hf_config_dict(gpt: GPTConfig, max_position_embeddings: int | None = None) -
             f"normalization={gpt.normalization}, activation={gpt.activation}, "
             f"position_embedding={gpt.position_embedding}"
         )
+    scaling = None
+    if gpt.rope_scaling_factor is not None:
+        scaling = {"rope_type": "llama3", "factor": float(gpt.rope_scaling_factor), **LLAMA3_FIXED}
     return {
         "vocab_size": gpt.vocab_size,
         "hidden_size": gpt.hidden_size,
@@ -166,6 +199,7 @@ def hf_config_dict(gpt: GPTConfig, max_position_embeddings: int | None = None) -
         "max_position_embeddings": int(max_position_embeddings or gpt.seq_length),
         "rms_norm_eps": gpt.layernorm_epsilon,
         "rope_theta": float(gpt.rotary_base),
+        "rope_scaling": scaling,
         "tie_word_embeddings": gpt.tie_embeddings,
         "attention_bias": gpt.add_bias_linear,
         "mlp_bias": gpt.add_bias_linear,

@@ -39,6 +39,10 @@ The patches, each the narrowest found to work (measured on megatron-core 0.16.1,
    word-embedding weight with ``weight.data.cuda()`` before all-reducing it between the first and last stage. A
    tensor method is not reachable through a module's ``torch`` name, so that one call runs with ``Tensor.cuda`` as
    the identity (the weight is already where the CPU process group needs it), restored right after.
+8. **Activation recomputation.** ``tensor_parallel.CheckpointFunction`` (full recomputation) saves and restores the
+   "CUDA" RNG state through ``random._get_cuda_rng_state``/``_set_cuda_rng_state`` so dropout replays identically.
+   On CPU the device generator is the default CPU generator, so both names are rebound to
+   ``torch.get_rng_state``/``torch.set_rng_state``.
 """
 
 from __future__ import annotations
@@ -161,6 +165,7 @@ def apply_cpu_patches(force: bool = False) -> bool:
     _patch_grad_norm()
     _patch_wrapped_torch_norm()
     _patch_tied_embedding_setup()
+    _patch_checkpoint_rng_states()
     _state["applied"] = True
     return True
 
@@ -426,3 +431,21 @@ def _patch_tied_embedding_setup() -> None:
             original(self)
 
     LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
+
+
+# ------------------------------------------------------------------------- patch 8: recomputation's RNG states
+def _cpu_get_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state: torch.Tensor, device: Any = -1, graph_safe: bool = False) -> None:
+    torch.set_rng_state(new_state)
+
+
+def _patch_checkpoint_rng_states() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    _state["originals"].setdefault("_get_cuda_rng_state", mrandom._get_cuda_rng_state)
+    _state["originals"].setdefault("_set_cuda_rng_state", mrandom._set_cuda_rng_state)
+    mrandom._get_cuda_rng_state = _cpu_get_rng_state
+    mrandom._set_cuda_rng_state = _cpu_set_rng_state

@@ -96,6 +96,9 @@ def build_transformer_config(
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         calculate_per_token_loss=calculate_per_token_loss,
+        recompute_granularity=parallel.recompute_granularity,
+        recompute_method=parallel.recompute_method,
+        recompute_num_layers=parallel.recompute_num_layers,  # selective: megatron recomputes the core attention
     )
 
 
@@ -139,6 +142,8 @@ def build_gpt_model(
         share_embeddings_and_output_weights=gpt.tie_embeddings,
         position_embedding_type=gpt.position_embedding,
         rotary_base=gpt.rotary_base,
+        rope_scaling=gpt.rope_scaling_factor is not None,
+        rope_scaling_factor=8.0 if gpt.rope_scaling_factor is None else float(gpt.rope_scaling_factor),
         **model_kwargs,
     )
     if torch.cuda.is_available():

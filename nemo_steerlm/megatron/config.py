@@ -37,6 +37,8 @@ class GPTConfig:
         activation: ``swiglu`` (gated SiLU, fused fc1) or ``gelu``.
         position_embedding: ``rope`` or ``learned_absolute``.
         rotary_base: RoPE base.
+        rope_scaling_factor: Llama 3.1 rotary frequency scaling (Hugging Face ``rope_type: llama3``) with this factor
+            and megatron's fixed low/high frequency factors 1 and 4 over 8192 original positions; ``None``: none.
         tie_embeddings: share input embedding and output projection weights.
         layernorm_epsilon: norm epsilon.
         add_bias_linear: biases in the linear layers.
@@ -55,6 +57,7 @@ class GPTConfig:
     activation: Activation = "swiglu"
     position_embedding: PositionEmbedding = "rope"
     rotary_base: int = 10000
+    rope_scaling_factor: float | None = None
     tie_embeddings: bool = False
     layernorm_epsilon: float = 1e-5
     add_bias_linear: bool = False
@@ -89,6 +92,11 @@ class ParallelConfig:
         overlap_grad_reduce: overlap DDP gradient reduction with backward (GPU only).
         core_attention: ``sdpa`` (PyTorch's fused attention kernels, no ``s × s`` matrix kept) or ``local``
             (megatron's ``DotProductAttention``); see :mod:`nemo_steerlm.megatron.attention`.
+        recompute_granularity: activation recomputation: ``None`` (off), ``selective`` (the core attention is
+            recomputed in backward instead of stored) or ``full`` (whole transformer layers).
+        recompute_method: for ``full``: ``uniform`` (checkpoint every ``recompute_num_layers`` layers as a unit)
+            or ``block`` (recompute the first ``recompute_num_layers`` layers of each pipeline stage).
+        recompute_num_layers: for ``full``: the layers per unit (``uniform``) or recomputed (``block``).
     """
 
     tensor_model_parallel_size: int = 1
@@ -98,6 +106,9 @@ class ParallelConfig:
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     core_attention: Literal["sdpa", "local"] = "sdpa"
+    recompute_granularity: Literal["selective", "full"] | None = None
+    recompute_method: Literal["uniform", "block"] | None = None
+    recompute_num_layers: int | None = None
 
     @property
     def model_parallel_size(self) -> int:
@@ -191,6 +202,28 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tensor
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
+def recompute_problems(parallel: ParallelConfig) -> list[str]:
+    """What is wrong with the activation-recomputation settings (megatron's rules, named by config key)."""
+    granularity, method, layers = (
+        parallel.recompute_granularity,
+        parallel.recompute_method,
+        parallel.recompute_num_layers,
+    )
+    if granularity is None:
+        return []
+    if granularity == "selective":
+        if method is not None or layers is not None:
+            return ["`model.recompute_method` and `model.recompute_num_layers` apply to full recomputation only"]
+        return []
+    if granularity != "full":
+        return [f"`model.recompute_granularity`={granularity!r}: choose null, selective or full"]
+    if method not in ("uniform", "block"):
+        return [f"`model.recompute_method`={method!r}: full recomputation needs uniform or block"]
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        return [f"`model.recompute_num_layers`={layers!r}: full recomputation needs a number of layers >= 1"]
+    return []
+
+
 def validate_layout(
     gpt: GPTConfig, parallel: ParallelConfig, world_size: int, micro_batch_size: int, global_batch_size: int
 ) -> int:
@@ -210,7 +243,7 @@ def validate_layout(
         ConfigError: naming every key that must change.
     """
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
-    problems: list[str] = []
+    problems: list[str] = recompute_problems(parallel)
     if tp < 1 or pp < 1:
         problems.append(
             f"`model.tensor_model_parallel_size` ({tp}) and `model.pipeline_model_parallel_size` ({pp}) must be >= 1"

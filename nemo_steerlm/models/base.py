@@ -42,12 +42,16 @@ from nemo_steerlm.models.optim import MegatronOptimizerAdapter
 if "nemo_steerlm." not in nemo_common.ALLOWED_TARGET_PREFIXES:
     nemo_common.ALLOWED_TARGET_PREFIXES.append("nemo_steerlm.")
 
-GPT_FIELDS: tuple[str, ...] = tuple(f for f in GPTConfig.__dataclass_fields__ if f != "vocab_size")
+GPT_FIELDS: tuple[str, ...] = tuple(
+    f for f in GPTConfig.__dataclass_fields__ if f not in ("vocab_size", "rope_scaling_factor")
+)
 
 
 def gpt_config_from(cfg: DictConfig, vocab_size: int) -> GPTConfig:
     """The model shape from the flat model config (``model.num_layers``, ``model.hidden_size``, ...)."""
-    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size)
+    # .nemo files from before Llama 3 rope scaling have no rope_scaling_factor: none is the value they were built with
+    factor = cfg.get("rope_scaling_factor")
+    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size, rope_scaling_factor=factor)
 
 
 def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
@@ -59,6 +63,10 @@ def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
         params_dtype=str(cfg.params_dtype),
         # .nemo files from before this setting have none: the default applies (no weights differ either way)
         core_attention=str(cfg.get("core_attention", "sdpa")),
+        # and none of the activation recomputation settings (off; it changes no weights either)
+        recompute_granularity=cfg.get("recompute_granularity"),
+        recompute_method=cfg.get("recompute_method"),
+        recompute_num_layers=cfg.get("recompute_num_layers"),
     )
 
 

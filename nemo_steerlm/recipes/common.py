@@ -181,7 +181,9 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | 
     write_json_atomic(
         output_dir / f"{stage}.summary.json", {"stage": stage, "seconds": round(elapsed, 3), **(summary or {})}
     )
-    print(f"nemo-steerlm {stage}: done in {elapsed:.2f}s -> {output_dir}")
+    # a stage whose product is a folder inside output_dir (export: output_dir/hf) names that folder
+    shown = (summary or {}).get("model_dir", output_dir)
+    print(f"nemo-steerlm {stage}: done in {elapsed:.2f}s -> {shown}")
     return summary
 
 

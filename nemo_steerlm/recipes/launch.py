@@ -27,6 +27,9 @@ from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import run_stage, stage_app
 
 ACTIONS = ("submit", "status", "cancel")
+# stages that load a model: on a GPU cluster each such job asks for GPUs, distributed or not
+MODEL_STAGES = ("train-apm", "train-sft", "annotate", "generate", "evaluate", "import-hf", "export")
+TRAINING_STAGES = ("train-apm", "train-sft")
 _STEP_KEYS = {f.name for f in dataclasses.fields(launchers.StepSpec)} - {"name", "layout"}
 _LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "global_batch_size", "micro_batch_size")
 
@@ -68,8 +71,33 @@ def _stage_layout(stage: str, overrides: dict[str, str]) -> launchers.Layout | N
     return launchers.Layout(**values)  # type: ignore[arg-type]
 
 
+def forwarded_overrides(stage: str) -> dict[str, str]:
+    """The user's ``preset``/``dataset``/``attributes`` overrides of ``launch`` for a stage whose config has them.
+
+    As ``run`` does: ``launch dataset.path=F preset.init_from=M attributes.drop=[humor]`` reaches ``prepare`` (the
+    dataset), the training stages (preset, attributes), ... Outside a Hydra run (a library call) there are none.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from nemo_steerlm.recipes.run import stage_groups
+
+    if not HydraConfig.initialized():
+        return {}
+    groups = stage_groups(stage.replace("-", "_"))
+    out = {}
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~").split(".")[0] in groups:
+            out[key] = value
+    return out
+
+
 def step_from_cfg(name: str, s: DictConfig, cluster: launchers.ClusterSpec) -> launchers.StepSpec:
-    """One entry of ``launch.steps`` as a :class:`launchers.StepSpec` (layout resolved for distributed steps)."""
+    """One entry of ``launch.steps`` as a :class:`launchers.StepSpec` (layout resolved for distributed steps).
+
+    The user's top-level ``preset``/``dataset``/``attributes`` overrides are added to the step's own (and win); a
+    step that runs a model on a GPU cluster asks for the node's GPUs (``gpus_per_node``) when it is not distributed.
+    """
     plain: dict[str, Any] = OmegaConf.to_container(s, resolve=True)  # type: ignore[assignment]
     unknown = sorted(set(plain) - _STEP_KEYS)
     if unknown:
@@ -78,8 +106,10 @@ def step_from_cfg(name: str, s: DictConfig, cluster: launchers.ClusterSpec) -> l
         )
     if "stage" not in plain:
         raise UserError(f"launch.steps.{name}.stage is missing: the nemo-steerlm stage this step runs")
-    plain["overrides"] = flatten_overrides(plain.get("overrides") or {})
+    plain["overrides"] = {**flatten_overrides(plain.get("overrides") or {}), **forwarded_overrides(plain["stage"])}
     plain["inputs"] = {str(k): str(v) for k, v in (plain.get("inputs") or {}).items()}
+    if cluster.gpus and plain["stage"] in MODEL_STAGES and plain.get("gpus_per_node") is None:
+        plain["gpus_per_node"] = cluster.devices_per_node
     step = launchers.StepSpec(name=name, **plain)
     if step.distributed:
         per_node = step.devices_per_node if step.devices_per_node is not None else cluster.devices_per_node
@@ -88,10 +118,66 @@ def step_from_cfg(name: str, s: DictConfig, cluster: launchers.ClusterSpec) -> l
     return step
 
 
+def check_real_run(cfg: DictConfig, steps: tuple[launchers.StepSpec, ...]) -> None:
+    """Refuses a chain for a real preset that would train on the shipped sample or from random weights.
+
+    Raises:
+        UserError: naming ``dataset.path``, ``preset.init_from`` and ``allow_random_init``.
+    """
+    if str(cfg.preset.name) == "tiny_cpu":
+        return
+    stages = {s.stage for s in steps}
+    problems = []
+    if "prepare" in stages and cfg.dataset.path is None:
+        problems.append(
+            "dataset.path is null, so prepare would use the 399-row sample: pass dataset.path=nvidia/HelpSteer "
+            "(or a local file/folder)"
+        )
+    if stages & set(TRAINING_STAGES) and cfg.preset.init_from is None and not bool(cfg.allow_random_init):
+        problems.append(
+            "preset.init_from is null, so training would start from random weights: pass preset.init_from=BASE "
+            "(a Hugging Face folder or a .nemo from import-hf), or allow_random_init=true"
+        )
+    if problems:
+        raise UserError(f"preset={cfg.preset.name}: " + "; ".join(problems))
+
+
+def check_environment(cluster: launchers.ClusterSpec) -> None:
+    """At submit time: the jobs' set-up finds what it sources and the stage command (no container).
+
+    Raises:
+        UserError: naming ``cluster.setup`` / ``cluster.workdir`` / ``cluster.command``.
+    """
+    import shlex
+    import shutil
+
+    if cluster.container.image:
+        return  # the image provides the environment
+    workdir = Path(cluster.workdir or os.getcwd())
+    venv_bin = None
+    for line in cluster.setup:
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] in ("source", "."):
+            target = workdir / os.path.expandvars(os.path.expanduser(words[1]))
+            if not target.is_file():
+                raise UserError(
+                    f"cluster.setup: {line!r} runs in cluster.workdir={workdir} but {target} does not exist: set "
+                    f"cluster.workdir=<the checkout> or an absolute path in cluster.setup (e.g. "
+                    f"'cluster.setup=[source {Path(sys.prefix) / 'bin' / 'activate'}]')"
+                )
+            venv_bin = target.parent
+    program = shlex.split(cluster.command)[0]
+    found = (venv_bin / program).exists() if venv_bin is not None else shutil.which(program) is not None
+    if not found:
+        where = f"in {venv_bin}" if venv_bin is not None else "on PATH (no cluster.setup activates an environment)"
+        raise UserError(f"cluster.command={cluster.command!r}: {program} not found {where}")
+
+
 def chains_from_cfg(cfg: DictConfig, cluster: launchers.ClusterSpec) -> tuple[launchers.ChainSpec, launchers.ChainSpec]:
     """The whole chain (to check) and the part to submit (``only``), both rooted at ``output_dir``."""
     run_dir = str(Path(str(cfg.output_dir)).resolve())
     steps = tuple(step_from_cfg(str(n), s, cluster) for n, s in cfg.launch.steps.items() if s is not None)
+    check_real_run(cfg, steps)
     full = launchers.ChainSpec(name=str(cfg.launch.name), steps=steps, run_dir=run_dir)
     if cfg.only is None:
         return full, full
@@ -119,6 +205,7 @@ def submit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     cluster = cluster_from_cfg(cfg.cluster)
     full, chain = chains_from_cfg(cfg, cluster)
     launchers.check_chain(full, cluster, for_submit=True)
+    check_environment(cluster)
     jobs = launchers.render_chain(chain, cluster)
     version = code_version(cluster.workdir or ".")
     ldir = write_scripts(jobs, chain, _step_records(cfg, chain, cluster), version)

@@ -35,7 +35,7 @@ STAGE_NAMES = {key: folder for key, (folder, _) in STAGES.items()}
 BOOTSTRAP_STAGES = ("bootstrap", "train_sft_bootstrap")
 
 
-def _stage_groups(stage: str) -> set[str]:
+def stage_groups(stage: str) -> set[str]:
     """The config groups a stage's YAML declares in its defaults list (of ``preset``, ``dataset``, ``attributes``)."""
     from nemo_steerlm.recipes.common import CONF_DIR
 
@@ -47,7 +47,7 @@ def _stage_groups(stage: str) -> set[str]:
 
 def _forwarded(stage: str) -> list[str]:
     """The user's preset/dataset/attributes overrides of ``run``, for the stages whose config has those groups."""
-    groups = _stage_groups(STAGES[stage][1])
+    groups = stage_groups(STAGES[stage][1])
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in groups]
 
 

@@ -49,16 +49,39 @@ def check_layout(cfg: DictConfig) -> int:
     )
 
 
+def log_line_callbacks(cfg: DictConfig, trainer_kwargs: dict[str, Any]) -> list[Any]:
+    """The plain log-line callback when ``log_lines.when`` asks for it (``auto``: stdout is not a terminal).
+
+    Plain lines replace Lightning's progress bar (``trainer_kwargs["enable_progress_bar"]`` is turned off).
+    """
+    from megatron.core import parallel_state
+
+    from nemo_steerlm.errors import UserError
+    from nemo_steerlm.models.log_lines import LogLinesCallback
+
+    when, every = str(cfg.log_lines.when), cfg.log_lines.every_n_steps
+    if when not in ("auto", "always", "never"):
+        raise UserError(f"log_lines.when={when!r}: choose auto, always or never")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise UserError(f"log_lines.every_n_steps={every!r}: an integer >= 1")
+    if when == "never" or (when == "auto" and sys.stdout.isatty()):
+        return []
+    trainer_kwargs["enable_progress_bar"] = False
+    return [LogLinesCallback(every, parallel_state.get_data_parallel_world_size)]
+
+
 def build_trainer(cfg: DictConfig, output_dir: Path) -> Trainer:
     """A Lightning trainer with the megatron strategy, set up by NeMo's exp_manager (checkpoints, TensorBoard)."""
     from nemo.utils.exp_manager import exp_manager
 
     trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    callbacks = log_line_callbacks(cfg, trainer_kwargs)
     trainer = Trainer(
         strategy=MegatronStrategy(),
         logger=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
+        callbacks=callbacks,
         **trainer_kwargs,
     )
     em = OmegaConf.to_container(cfg.exp_manager, resolve=True)

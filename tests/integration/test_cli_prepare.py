@@ -138,3 +138,24 @@ def test_missing_input_file_and_unknown_stage(tmp_path: Path) -> None:
     assert res.returncode == 2 and "nope.jsonl" in res.stderr
     res = subprocess.run([sys.executable, "-m", "nemo_steerlm.cli", "bogus"], capture_output=True, text=True)
     assert res.returncode == 2 and "unknown stage" in res.stderr
+
+
+def test_prepare_chat_messages_through_the_cli(tmp_path: Path) -> None:
+    chats = tmp_path / "chats.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"},
+                      {"role": "assistant", "content": f"Answer {i}.", "label": "verbosity:1,helpfulness:4"}]}
+        for i in range(10)
+    ]  # fmt: skip
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "d"
+    res = run_cli("dataset=chat_messages", f"dataset.path={chats}", "dataset.val_fraction=0.2", f"output_dir={out}")
+    assert res.returncode == 0, res.stderr
+    sft = [json.loads(x) for x in (out / "sft" / "train.jsonl").read_text().splitlines()]
+    assert len(sft) == 8 and len((out / "sft" / "val.jsonl").read_text().splitlines()) == 2
+    assert sft[0]["conversations"][1]["label"] == "helpfulness:4,verbosity:1" and sft[0]["system"] == SYSTEM
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    res = run_cli("dataset=chat_messages", f"dataset.path={bad}", f"output_dir={tmp_path / 'e'}")
+    assert res.returncode == 2 and f"{bad}:2" in res.stderr and "messages" in res.stderr
+    assert not (tmp_path / "e" / "sft").exists()

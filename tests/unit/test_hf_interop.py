@@ -108,7 +108,8 @@ def test_config_maps_llama_fields():
     "change, message",
     [
         ({"model_type": "gpt2"}, "not a Llama architecture"),
-        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling type 'llama3'"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0}}, "low_freq_factor=2.0"),
+        ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "'llama3' without a factor"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope scaling type 'yarn'"),
         ({"attention_bias": True, "mlp_bias": False}, "attention_bias and mlp_bias differ"),
         ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
@@ -210,7 +211,7 @@ def test_greedy_generation_of_exported_model_equals_our_loop(imported):
         with torch.no_grad():
             generated = exported.generate(
                 torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                do_sample=False, max_new_tokens=12,
+                do_sample=False, max_new_tokens=12, tokenizer=tok,  # the stop string <extra_id_1> needs it
             )[0].tolist()  # fmt: skip
         assert generated == greedy_loop(ours, prompt, 12, tok.eos_token_id)
         assert len(generated) > len(prompt)

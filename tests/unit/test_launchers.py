@@ -15,12 +15,13 @@ from launchers.spec import flatten_overrides, hydra_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("nemo-steerlm"))
+REAL_INPUTS = ["dataset.path=/data/helpsteer", "preset.init_from=/models/base.nemo"]
 GPU = ClusterSpec(name="gpu", devices_per_node=8, gpus=True, cpus_per_task=12, time="04:00:00", workdir="/w")
 
 
 def test_70b_dry_run_prints_paper_layout(tmp_path: Path) -> None:
     done = subprocess.run(
-        [CLI, "launch", "preset=llama2_70b", "dry_run=true", f"output_dir={tmp_path}/run"],
+        [CLI, "launch", "preset=llama2_70b", "dry_run=true", f"output_dir={tmp_path}/run", *REAL_INPUTS],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,6 +43,7 @@ def test_bad_layout_exits_2_naming_keys(tmp_path: Path) -> None:
             "preset=llama2_70b",
             "dry_run=true",
             f"output_dir={tmp_path}",
+            *REAL_INPUTS,
             "launch.steps.train_sft.overrides.model.pipeline_model_parallel_size=3",
         ],
         cwd=ROOT,
