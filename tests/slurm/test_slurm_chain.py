@@ -212,7 +212,7 @@ def test_presignal_checkpoint_requeue_resume(slurm_env: dict[str, str], tmp_path
     deadline = time.time() + 90
     while not (
         log.exists()
-        and max(map(int, re.findall(r"\| *(\d+)/\d+ \[", log.read_text("utf-8", "replace"))), default=0) >= 8
+        and max(map(int, re.findall(r"train: step (\d+)/\d+", log.read_text("utf-8", "replace"))), default=0) >= 8
     ):
         assert time.time() < deadline, "training did not reach step 8"
         time.sleep(0.3)
