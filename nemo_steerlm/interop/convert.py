@@ -366,6 +366,7 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         "system_prompt": SYSTEM_PROMPT,
         "labelled_attributes": list(model.labelled_schema.names),
         "default_steer_label": model.labelled_schema.steer_label(),
+        "prompt_policy": model.prompt_policy.to_json(),
         "source": str(Path(nemo_path).resolve()),
         **stops,
     }

@@ -66,6 +66,23 @@ def _usage(kind: str, meta: dict[str, Any]) -> str:
     )
 
 
+def _reading(policy: Any) -> str:
+    """The prompt policy in words: what training kept of a conversation, and how to cut prompts the same way."""
+    if policy.max_context_tokens <= 0:
+        return (
+            f"Training kept whole conversations up to {policy.seq_length} tokens. Keep prompt plus answer within that "
+            "length, cutting the prompt from the left."
+        )
+    return (
+        f"Training kept at most {policy.max_context_tokens} tokens before each first answer (system prompt, user "
+        f"turn, assistant header and label, cut from the left), in sequences of up to {policy.seq_length} tokens. "
+        "The chat template renders the whole conversation, so cut its token ids to the last "
+        f"{policy.max_context_tokens} (and to {policy.seq_length} minus `max_new_tokens`) before `generate`: "
+        "`ids = ids[:, -N:]`. The label sits at the end and always survives. `nemo-steerlm generate` and `evaluate` "
+        "cut this way themselves."
+    )
+
+
 def model_card(model: Any, kind: str, meta: dict[str, Any], summary: dict[str, Any]) -> str:
     """The model card text.
 
@@ -110,6 +127,7 @@ def model_card(model: Any, kind: str, meta: dict[str, Any], summary: dict[str, A
         f"The prompt is `<extra_id_0>System\\n{{system}}\\n{TURN_MARKER}User\\n{{prompt}}\\n{TURN_MARKER}Assistant\\n"
         f"{LABEL_MARKER}{{label}}\\n`; the chat template renders it (`steer_label=` picks the label).",
         "",
+        *(["## How much of a prompt the model reads", _reading(model.prompt_policy), ""] if kind == "sft" else []),
         "## Use",
         _usage(kind, meta),
         "## Licence",

@@ -150,6 +150,9 @@ def test_model_card_and_summary(exports):
     assert "quality" not in card.split("labelled in training:")[1].split("\n")[0]
     sft_card = (exports["sft_out"] / "README.md").read_text()
     assert "stop_strings" in sft_card and "sft.nemo" in sft_card
+    # the prompt policy the SFT was trained with: its own max_context_tokens, not a generic number
+    cap = json.loads((exports["sft_out"] / "steerlm.json").read_text())["prompt_policy"]["max_context_tokens"]
+    assert f"cut its token ids to the last {cap}" in sft_card and "How much of a prompt" not in card
     assert exports["sft_summary"]["model_dir"] == str(exports["sft_out"])
     assert exports["sft_summary"]["stop_strings"] == [TURN_MARKER]
 
