@@ -273,19 +273,16 @@ def _check_shape(model: Any, theirs: Any, source: Any) -> None:
 
 def _load_nemo_weights(model: Any, path: Path) -> list[str]:
     """Load the trunk (and a matching regression head) of a ``.nemo`` through megatron's dist_checkpointing."""
-    import tarfile
-
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
     from nemo_steerlm.models.base import gpt_config_from
-    from nemo_steerlm.models.checkpoint import CONFIG_NAME, WEIGHTS_DIR, read_nemo_meta
+    from nemo_steerlm.models.checkpoint import WEIGHTS_DIR, load_model_config, read_nemo_meta, unpack_nemo
 
     read_nemo_meta(path)
     with tempfile.TemporaryDirectory(prefix="nemo_steerlm_init_") as tmp:
-        with tarfile.open(path, "r") as tar:
-            tar.extractall(tmp, filter="data")
-        cfg = OmegaConf.load(Path(tmp) / CONFIG_NAME)
+        unpack_nemo(path, tmp)
+        cfg = load_model_config(path, Path(tmp))
         _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)
         weights = str(Path(tmp) / WEIGHTS_DIR)
         available = set(dist_checkpointing.load_tensors_metadata(weights))
