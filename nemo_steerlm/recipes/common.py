@@ -111,17 +111,22 @@ def require_path(cfg: DictConfig, key: str, what: str) -> Path:
     return path
 
 
-def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | None:
+def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = None) -> dict[str, Any] | None:
     """Runs ``body`` for ``stage`` with uniform error handling; writes the resolved config and timing on success.
 
     A :class:`UserError` (bad data, bad config, a missing input) prints one line naming what to change and exits
-    with status 2; nothing is written for a failed stage.
+    with status 2; nothing is written for a failed stage. While ``body`` runs, ``output_dir`` is locked and its
+    fingerprint checked (see :mod:`nemo_steerlm.recipes.provenance`); ``job`` names both (default: ``stage``; the
+    shards of one annotate run use one per shard).
     """
+    from nemo_steerlm.recipes.provenance import guard_output_dir
+
     start = time.perf_counter()
     try:
         OmegaConf.resolve(cfg)
         output_dir = Path(str(cfg.output_dir))
-        summary = body(cfg, output_dir)
+        with guard_output_dir(job or stage, cfg, output_dir):
+            summary = body(cfg, output_dir)
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or str(err)
         _fail(stage, f"missing required setting: pass {key}=...")
