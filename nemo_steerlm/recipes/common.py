@@ -68,6 +68,14 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+def _container(cfg: DictConfig) -> Any:
+    """The config as plain containers, interpolations resolved where they resolve (left as text otherwise)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - a broken interpolation is reported by the stage itself, with its key
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
 def mistyped_value(cfg: DictConfig, config_name: str) -> str | None:
     """The first setting given as text where the stage's YAML default is a number or a boolean, in words.
 
@@ -79,8 +87,8 @@ def mistyped_value(cfg: DictConfig, config_name: str) -> str | None:
 
     choices = [f"{g}={c}" for g, c in HydraConfig.get().runtime.choices.items() if "/" not in g and c is not None]
     choices = [c for c in choices if not c.startswith("hydra")]
-    defaults = _leaves(OmegaConf.to_container(compose(config_name=config_name, overrides=choices), resolve=False))
-    given = _leaves(OmegaConf.to_container(cfg, resolve=False))
+    defaults = _leaves(_container(compose(config_name=config_name, overrides=choices)))
+    given = _leaves(_container(cfg))
     kinds = {bool: "true or false", int: "an integer", float: "a number"}
     for key, default in defaults.items():
         value = given.get(key)
