@@ -32,8 +32,11 @@ from nemo_steerlm.errors import OutputInUseError, UserError
 
 # keys that never change what a stage writes: where it writes, how it reports, when training stops
 RESUMABLE_KEYS = frozenset({"output_dir", "overwrite", "progress", "trainer.max_steps", "trainer.max_epochs"})
-# bookkeeping files of a stage folder: never part of an input folder's digest (they change after every run)
-BOOKKEEPING_SUFFIXES = (".summary.json", ".config.yaml", ".fingerprint.json", ".lock")
+# path-valued keys compared by name only: evaluate's run_dir is the whole chain folder (it reads stage timings)
+NAME_ONLY_KEYS = frozenset({"run_dir"})
+# bookkeeping and log files: never part of an input folder's digest (they change after every run; in `run` one
+# process runs every stage, so a stage's log file keeps growing while later stages run)
+BOOKKEEPING_SUFFIXES = (".summary.json", ".config.yaml", ".fingerprint.json", ".lock", ".log", ".txt")
 FULL_HASH_LIMIT = 64 << 20
 
 
@@ -76,7 +79,7 @@ def input_digest(path: Path, output_dir: Path) -> str:
         return _file_digest(path)
     digest = hashlib.sha256()
     for item in sorted(path.rglob("*")):
-        if not item.is_file() or item.name.endswith(BOOKKEEPING_SUFFIXES):
+        if not item.is_file() or item.name.endswith(BOOKKEEPING_SUFFIXES) or item.name.startswith("events.out"):
             continue
         if item.resolve().is_relative_to(output_dir):
             continue
@@ -91,7 +94,7 @@ def fingerprint(job: str, cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     config = {k: v for k, v in sorted(flat.items()) if k not in RESUMABLE_KEYS}
     inputs = {}
     for key, value in config.items():
-        if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+        if key in NAME_ONLY_KEYS or not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
             continue
         path = Path(value).expanduser()
         if not path.exists() or path.resolve() == output_dir or path.resolve().is_relative_to(output_dir):
