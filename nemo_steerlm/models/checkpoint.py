@@ -106,11 +106,16 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
         }
         (staging / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         tmp = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for item in sorted(staging.iterdir()):
-                tar.add(item, arcname=item.name)
-        os.replace(tmp, path)
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                for item in sorted(staging.iterdir()):
+                    tar.add(item, arcname=item.name)
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a full disk: leave neither the partial archive nor the staging folder
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {path} ({err.strerror or err})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     parallel.barrier()
     return path
 

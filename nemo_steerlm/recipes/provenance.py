@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ NAME_ONLY_KEYS = frozenset({"run_dir"})
 # process runs every stage, so a stage's log file keeps growing while later stages run)
 BOOKKEEPING_SUFFIXES = (".summary.json", ".config.yaml", ".fingerprint.json", ".lock", ".log", ".txt")
 FULL_HASH_LIMIT = 64 << 20
+# names of the atomic writers' temporary files: mkstemp's ``.NAME.XXXXXXXX.tmp`` and the ``.NAME.nemo.tmp`` archive
+TEMPORARY = re.compile(r"^\..+\.([a-z0-9_]{8}|nemo)\.tmp$")
 
 
 def launcher_rank() -> int:
@@ -181,6 +184,24 @@ def output_lock(job: str, output_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Deletes the atomic writers' temporary files (``.NAME.XXXX.tmp``) a killed earlier run left in ``output_dir``.
+
+    Called under the folder's lock, so no running writer owns them; ``shards/`` is left alone (its shard jobs hold
+    locks of their own).
+    """
+    stale = [
+        p
+        for p in output_dir.rglob(".*.tmp")
+        if p.is_file() and TEMPORARY.match(p.name) and "shards" not in p.relative_to(output_dir).parts[:-1]
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print(f"nemo-steerlm: removed {len(stale)} temporary file(s) a killed earlier run left in {output_dir}")
+    return stale
+
+
 @contextlib.contextmanager
 def guard_output_dir(job: str, cfg: DictConfig, output_dir: Path) -> Iterator[None]:
     """Creates ``output_dir``, locks it and checks/records the fingerprint of ``job`` (launcher rank 0 only)."""
@@ -198,6 +219,8 @@ def guard_output_dir(job: str, cfg: DictConfig, output_dir: Path) -> Iterator[No
     try:
         overwrite = bool(OmegaConf.select(cfg, "overwrite", default=False))
         record = check_fingerprint(job, cfg, output_dir, overwrite)
+        if "." not in job:  # not a shard or a merge: no other job writes this folder
+            remove_stale_temporaries(output_dir)
         try:
             write_json_atomic(output_dir / f"{job}.fingerprint.json", record)
         except OSError as err:

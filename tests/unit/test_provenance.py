@@ -56,3 +56,20 @@ def test_launcher_rank(monkeypatch) -> None:
     assert launcher_rank() == 3
     monkeypatch.setenv("RANK", "1")
     assert launcher_rank() == 1
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_outside_shards(tmp_path: Path) -> None:
+    from nemo_steerlm.recipes.provenance import remove_stale_temporaries
+
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "shards").mkdir()
+    stale = tmp_path / "sft" / ".train.jsonl.k2j3h4_9.tmp"
+    stale.write_text("partial")
+    running_shard = tmp_path / "shards" / ".shard_00001.jsonl.abcdefgh.tmp"
+    running_shard.write_text("partial")
+    kept = tmp_path / "sft" / "train.jsonl"
+    kept.write_text("done")
+    users = tmp_path / ".notes.tmp"  # not a name our writers use
+    users.write_text("mine")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and running_shard.exists() and kept.exists() and users.exists()
