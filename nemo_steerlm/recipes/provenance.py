@@ -204,18 +204,24 @@ def remove_stale_temporaries(output_dir: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def guard_output_dir(job: str, cfg: DictConfig, output_dir: Path) -> Iterator[None]:
-    """Creates ``output_dir``, locks it and checks/records the fingerprint of ``job`` (launcher rank 0 only)."""
+    """Creates ``output_dir``, locks it and checks/records the fingerprint of ``job`` (launcher rank 0 only).
+
+    A run that fails in a folder it found empty (or absent) before writing anything leaves nothing behind: its
+    fingerprint, its lock file and the then empty folder are removed.
+    """
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir={output_dir} is a file, not a folder: choose a folder")
     if launcher_rank() != 0:
         yield
         return
+    fresh = not output_dir.exists() or not any(output_dir.iterdir())
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         lock = output_lock(job, output_dir)
         lock.__enter__()
     except OSError as err:
         raise UserError(f"output_dir={output_dir}: cannot write there ({err.strerror or err})") from None
+    failed = True
     try:
         overwrite = bool(OmegaConf.select(cfg, "overwrite", default=False))
         record = check_fingerprint(job, cfg, output_dir, overwrite)
@@ -226,5 +232,22 @@ def guard_output_dir(job: str, cfg: DictConfig, output_dir: Path) -> Iterator[No
         except OSError as err:
             raise UserError(f"output_dir={output_dir}: cannot write there ({err.strerror or err})") from None
         yield
+        failed = False
     finally:
         lock.__exit__(None, None, None)
+        if failed and fresh:
+            _remove_traces(job, output_dir)
+
+
+def _remove_traces(job: str, output_dir: Path) -> None:
+    """Removes a failed fresh run's fingerprint, lock file and folder when the run wrote nothing else there.
+
+    A run that did write (data, checkpoints) keeps its fingerprint, so a rerun is checked against it.
+    """
+    traces = {f"{job}.fingerprint.json", f".{job}.lock"}
+    if any(p.name not in traces for p in output_dir.iterdir()):
+        return
+    for name in traces:
+        (output_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        output_dir.rmdir()
