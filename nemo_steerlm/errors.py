@@ -9,3 +9,15 @@ class UserError(ValueError):
 
 class MissingInputError(UserError):
     """A stage needs an input (``model=``, ``data=``) that was not given or does not exist."""
+
+
+class UnsafeCheckpointError(UserError):
+    """A checkpoint member that could run code when loaded (a pickle naming a non-allow-listed global)."""
+
+
+class DamagedCheckpointError(UserError):
+    """A checkpoint archive that is not readable or whose member does not match its recorded checksum."""
+
+
+class OutputInUseError(UserError):
+    """An ``output_dir`` that holds results of other settings, or that another running stage holds."""

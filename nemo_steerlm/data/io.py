@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -64,6 +65,9 @@ class DataError(UserError):
         super().__init__(text)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name} is not allowed")
 
@@ -96,8 +100,17 @@ def parse_json_line(raw: bytes | str, path: str | os.PathLike[str], line: int) -
         obj = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
     except ValueError as err:
         raise DataError(path, f"malformed JSON: {err}", line) from None
+    except RecursionError:
+        raise DataError(path, "JSON nested too deeply", line) from None
     if not isinstance(obj, dict):
         raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", line)
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            bad = f"\\u{ord(err.object[err.start]):04x}"
+            message = f"a string holds the unpaired surrogate escape {bad}, which is not text"
+            raise DataError(path, message, line) from None
     return obj
 
 

@@ -50,6 +50,7 @@ from nemo_steerlm.data.sources import (
     split_oasst,
 )
 from nemo_steerlm.data.template import Conversation
+from nemo_steerlm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +100,18 @@ class _Loaded:
 
 def _check_spec(spec: PrepareSpec) -> None:
     if not spec.sources:
-        raise ValueError("prepare needs at least one source (`prepare.sources`)")
+        raise UserError("prepare needs at least one source (`prepare.sources`)")
     if isinstance(spec.val_fraction, bool) or not isinstance(spec.val_fraction, (int, float)):
-        raise ValueError(f"`prepare.val_fraction` must be a number in [0, 1), got {spec.val_fraction!r}")
+        raise UserError(f"`dataset.val_fraction` must be a number in [0, 1), got {spec.val_fraction!r}")
     if not 0.0 <= spec.val_fraction < 1.0:
-        raise ValueError(f"`prepare.val_fraction` must be in [0, 1), got {spec.val_fraction}")
+        raise UserError(f"`dataset.val_fraction` must be in [0, 1), got {spec.val_fraction}")
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, int):
-        raise ValueError(f"`prepare.seed` must be an integer, got {spec.seed!r}")
+        raise UserError(f"`dataset.seed` must be an integer, got {spec.seed!r}")
     for i, src in enumerate(spec.sources):
         if src.name not in SOURCE_NAMES:
-            raise ValueError(f"`prepare.sources[{i}].name` is {src.name!r}; expected one of {SOURCE_NAMES}")
+            raise UserError(f"`prepare.sources[{i}].name` is {src.name!r}; expected one of {SOURCE_NAMES}")
         if isinstance(src.repeat, bool) or not isinstance(src.repeat, int) or src.repeat < 1:
-            raise ValueError(f"`prepare.sources[{i}].repeat` must be an integer >= 1, got {src.repeat!r}")
+            raise UserError(f"`prepare.sources[{i}].repeat` must be an integer >= 1, got {src.repeat!r}")
 
 
 def _load(src: SourceSpec, schema: AttributeSchema, spec: PrepareSpec) -> _Loaded:
@@ -123,6 +124,11 @@ def _load(src: SourceSpec, schema: AttributeSchema, spec: PrepareSpec) -> _Loade
             train_trees, val_trees = trees, []
         out.train = [c for t in train_trees for c in oasst_threads(t, schema)]
         out.val = [c for t in val_trees for c in oasst_threads(t, schema)]
+        if not out.train:
+            raise UserError(
+                f"dataset.path={src.path}: its {len(trees)} tree(s) give no training conversation with "
+                f"dataset.val_fraction={spec.val_fraction} (the split keeps whole trees): add trees or lower it"
+            )
         return out
     if src.name == "chat_messages":
         convs = load_chat_messages(src.path, schema)

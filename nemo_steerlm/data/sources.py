@@ -260,11 +260,15 @@ def helpsteer_to_conversation(row: HelpSteerRow | Mapping[str, Any], schema: Att
 # ---------------------------------------------------------------------------------------------- OpenAssistant
 
 
-def _check_node(node: Any, path: str, line: int, where: str) -> None:
+def _check_node(node: Any, path: str, line: int, where: str, parent_role: str = "assistant") -> None:
+    """Checks one message and its replies; roles alternate, starting with the prompter."""
     if not isinstance(node, dict):
         raise DataError(path, f"expected a message object, got {type(node).__name__}", line, where)
     if node.get("role") not in ("prompter", "assistant"):
         raise DataError(path, f"role {node.get('role')!r} is not 'prompter' or 'assistant'", line, f"{where}.role")
+    if node["role"] == parent_role:
+        said = "the tree's first message must be the prompter's" if where == "prompt" else f"replies to a {parent_role}"
+        raise DataError(path, f"a {node['role']} message {said} (roles must alternate)", line, f"{where}.role")
     if not isinstance(node.get("text"), str) or not node["text"].strip():
         raise DataError(path, "missing or empty text", line, f"{where}.text")
     labels = node.get("labels", {})
@@ -282,7 +286,7 @@ def _check_node(node: Any, path: str, line: int, where: str) -> None:
     if not isinstance(replies, list):
         raise DataError(path, "expected a list", line, f"{where}.replies")
     for i, child in enumerate(replies):
-        _check_node(child, path, line, f"{where}.replies[{i}]")
+        _check_node(child, path, line, f"{where}.replies[{i}]", node["role"])
 
 
 def load_oasst_trees(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

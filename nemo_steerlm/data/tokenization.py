@@ -28,7 +28,11 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     directory = Path(path)
     if not directory.is_dir():
         raise MissingInputError(f"tokenizer directory {directory} does not exist (set model.tokenizer.path=DIR)")
-    tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:  # a missing or damaged file, or custom code (refused, never asked)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"tokenizer at {directory} cannot be loaded: {first}") from None
     if not getattr(tok, "is_fast", False):
         raise UserError(f"tokenizer at {directory} is not a fast tokenizer; character offsets are needed")
     if tok.pad_token_id is None:

@@ -41,6 +41,7 @@ MODEL_CLASSES = {
     "apm": "nemo_steerlm.models.apm.AttributePredictionModel",
     "sft": "nemo_steerlm.models.sft.SteerLMSFTModel",
 }
+REQUIRED_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -53,7 +54,17 @@ def read_hf_config(hf_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
         raise MissingInputError(f"model={hf_dir}: no Hugging Face config.json there (expected a model directory)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise HFInteropError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise HFInteropError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key in REQUIRED_CONFIG_KEYS:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HFInteropError(f"{path}: field '{key}' must be a positive integer, got {value!r}")
+    return config
 
 
 def read_hf_state(hf_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -61,17 +72,32 @@ def read_hf_state(hf_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     root = Path(hf_dir)
+
+    def load(name: str) -> dict[str, torch.Tensor]:
+        if Path(name).name != name:
+            raise HFInteropError(f"{root / 'model.safetensors.index.json'}: weight file {name!r} leaves the folder")
+        try:
+            if name.endswith(".bin"):
+                return torch.load(root / name, map_location="cpu", weights_only=True)
+            return load_file(str(root / name))
+        except Exception as err:  # noqa: BLE001 - safetensors and torch raise many types for a damaged file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise HFInteropError(f"{root / name}: unreadable or damaged weights file ({first})") from None
+
     if (root / "model.safetensors").is_file():
-        return load_file(str(root / "model.safetensors"))
+        return load("model.safetensors")
     index = root / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise HFInteropError(f"{index}: not a safetensors index (a JSON object with 'weight_map'): {err}") from None
         state: dict[str, torch.Tensor] = {}
         for name in files:
-            state.update(load_file(str(root / name)))
+            state.update(load(str(name)))
         return state
     if (root / "pytorch_model.bin").is_file():
-        return torch.load(root / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return load("pytorch_model.bin")
     raise MissingInputError(f"model={hf_dir}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
 
 
@@ -274,19 +300,16 @@ def _check_shape(model: Any, theirs: Any, source: Any) -> None:
 
 def _load_nemo_weights(model: Any, path: Path) -> list[str]:
     """Load the trunk (and a matching regression head) of a ``.nemo`` through megatron's dist_checkpointing."""
-    import tarfile
-
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
     from nemo_steerlm.models.base import gpt_config_from
-    from nemo_steerlm.models.checkpoint import CONFIG_NAME, WEIGHTS_DIR, read_nemo_meta
+    from nemo_steerlm.models.checkpoint import WEIGHTS_DIR, load_model_config, read_nemo_meta, unpack_nemo
 
     read_nemo_meta(path)
     with tempfile.TemporaryDirectory(prefix="nemo_steerlm_init_") as tmp:
-        with tarfile.open(path, "r") as tar:
-            tar.extractall(tmp, filter="data")
-        cfg = OmegaConf.load(Path(tmp) / CONFIG_NAME)
+        unpack_nemo(path, tmp)
+        cfg = load_model_config(path, Path(tmp))
         _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)
         weights = str(Path(tmp) / WEIGHTS_DIR)
         available = set(dist_checkpointing.load_tensors_metadata(weights))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -153,6 +154,15 @@ def barrier() -> None:
     """A barrier over all ranks (nothing to wait for in a single process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_from_rank_zero(obj: Any) -> Any:
+    """Global rank 0's ``obj`` on every rank (the object itself in a single process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_data_parallel(items: list) -> list:

@@ -27,7 +27,7 @@ from typing import Any
 
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import sft_line
-from nemo_steerlm.data.io import sha256_file, write_jsonl_atomic
+from nemo_steerlm.data.io import sha256_file, write_json_atomic, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn, render_regression
 from nemo_steerlm.errors import UserError
 
@@ -173,11 +173,11 @@ def run_chunks(
         end = min(start + chunk_size, len(conversations))
         path = chunk_path(state_dir, start, end)
         paths.append(path)
-        if path.exists():
+        counts = verified_chunk(path, end - start) if parallel.is_global_rank_zero() else None
+        counts = parallel.broadcast_from_rank_zero(counts)
+        if counts is not None:
             resumed += 1
-            stats_path = path.with_suffix(".json")
-            counts = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else {}
-            turns, truncated = turns + counts.get("turns", 0), truncated + counts.get("truncated", 0)
+            turns, truncated = turns + counts["turns"], truncated + counts["truncated"]
             if progress is not None:
                 progress(end - start)
         else:
@@ -220,12 +220,31 @@ class _ChunkProgress:
 
 
 def _commit_chunk(path: Path, lines: list[str], counts: dict[str, int]) -> None:
-    """Counts first, then the chunk itself: a chunk file exists only when complete."""
-    stats = path.with_suffix(".json")
-    tmp = stats.with_name(f".{stats.name}.tmp")
-    tmp.write_text(json.dumps(counts) + "\n", encoding="utf-8")
-    os.replace(tmp, stats)
+    """The chunk, then its record (row count, sha256, turn counts); a chunk is reused only when both agree."""
     write_jsonl_atomic(path, lines)
+    record = {**counts, "rows": len(lines), "sha256": sha256_file(path)}
+    write_json_atomic(path.with_suffix(".json"), record)
+
+
+def verified_chunk(path: Path, rows: int) -> dict[str, Any] | None:
+    """The record of a committed chunk of ``rows`` conversations, or None when the chunk must be (re)computed.
+
+    A chunk whose file is missing, whose record is missing or unreadable, or whose row count or sha256 differs
+    from its record (a truncated or edited file) is not reused; a message says so for a chunk that existed.
+    """
+    record_path = path.with_suffix(".json")
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        ok = record["rows"] == rows and record["sha256"] == sha256_file(path)
+        ok = ok and sum(1 for _ in open(path, "rb")) == rows and isinstance(record["turns"], int)
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        print(f"nemo-steerlm annotate: {path.name} does not match its record (damaged or unfinished): recomputing")
+        return None
+    return record
 
 
 def concatenate(paths: Sequence[Path], target: Path) -> int:

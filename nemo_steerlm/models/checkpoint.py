@@ -9,14 +9,23 @@ model trained at TP=2 or PP=2 restores at TP=1 (and back). The archive (an uncom
     model_config.yaml   the model config (NeMo's convention; ``target`` names the class)
     model_weights/      megatron distributed checkpoint
     tokenizer/          the Hugging Face tokenizer directory
-    steerlm.json        model kind, attribute schema, template markers, package version
+    steerlm.json        model kind, attribute schema, template markers, package version, sha256 of every
+                        other member (``members_sha256``)
 
 Saving needs a folder all ranks can reach (the archive's folder): on a cluster, a shared file system.
+
+Restoring treats the archive as untrusted (see ``docs/reliability.md``): :func:`unpack_nemo` accepts only an
+uncompressed tar whose members stay inside the extraction folder (tarfile's ``data`` filter) and whose sizes add up
+to no more than the archive itself (no tar bomb, no sparse member); it verifies each member against the recorded
+sha256 (archives saved before the record existed load with a warning) and refuses weights whose pickles name
+anything outside an allow-list (:mod:`nemo_steerlm.megatron.safe_load`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -31,14 +40,36 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm import __version__
 from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT
-from nemo_steerlm.errors import MissingInputError, UserError
+from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError, UnsafeCheckpointError, UserError
 from nemo_steerlm.megatron import parallel
+from nemo_steerlm.megatron.safe_load import check_dist_checkpoint
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_DIR = "model_weights"
 TOKENIZER_DIR = "tokenizer"
 META_NAME = "steerlm.json"
 KIND_NAMES = {"apm": "attribute prediction model (train-apm)", "sft": "SteerLM SFT model (train-sft)"}
+MODEL_CLASSES = ("nemo_steerlm.models.apm.AttributePredictionModel", "nemo_steerlm.models.sft.SteerLMSFTModel")
+CHECKSUM_KEY = "members_sha256"
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def member_checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except ``steerlm.json``, keyed by its archive path."""
+    return {
+        p.relative_to(root).as_posix(): file_sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != META_NAME
+    }
 
 
 def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
@@ -72,14 +103,20 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
                 "pp": model.parallel_config.pipeline_model_parallel_size,
             },
             "nemo_steerlm_version": __version__,
+            CHECKSUM_KEY: member_checksums(staging),
         }
         (staging / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         tmp = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for item in sorted(staging.iterdir()):
-                tar.add(item, arcname=item.name)
-        os.replace(tmp, path)
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                for item in sorted(staging.iterdir()):
+                    tar.add(item, arcname=item.name)
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a full disk: leave neither the partial archive nor the staging folder
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {path} ({err.strerror or err})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     parallel.barrier()
     return path
 
@@ -90,13 +127,13 @@ def read_nemo_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise MissingInputError(f"model={path}: no such .nemo file")
     try:
-        with tarfile.open(path, "r") as tar:
+        with tarfile.open(path, "r:") as tar:
             member = tar.extractfile(META_NAME)
             if member is None:
                 raise KeyError(META_NAME)
             return json.loads(member.read().decode("utf-8"))
-    except (tarfile.TarError, KeyError) as err:
-        raise UserError(f"model={path} is not a nemo-steerlm .nemo archive ({err})") from err
+    except (tarfile.TarError, KeyError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpointError(f"model={path} is not a nemo-steerlm .nemo archive ({err})") from None
 
 
 def check_kind(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
@@ -108,9 +145,90 @@ def check_kind(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
     return meta
 
 
-def _extract(path: Path, into: Path) -> None:
-    with tarfile.open(path, "r") as tar:
-        tar.extractall(into, filter="data")
+def _check_members(path: Path, members: list[tarfile.TarInfo], into: Path) -> None:
+    """Refuses sparse members and members whose sizes add up to more than the archive (or the free disk)."""
+    total = sum(member.size for member in members if member.isfile())
+    archive_size = path.stat().st_size
+    if total > archive_size:
+        raise UnsafeCheckpointError(
+            f"model={path}: members add up to {total} bytes, more than the archive's {archive_size} (refused: a .nemo "
+            "is an uncompressed tar, so this is a tar bomb or a damaged header)"
+        )
+    for member in members:
+        if member.issparse() or not (member.isfile() or member.isdir()):
+            raise UnsafeCheckpointError(f"model={path}: member {member.name} is not a plain file or folder (refused)")
+    free = shutil.disk_usage(into).free
+    if total > free:
+        raise DamagedCheckpointError(
+            f"model={path}: unpacking needs {total} bytes but {into} has {free} free (set TMPDIR to a larger disk)"
+        )
+
+
+def verify_members(path: Path, root: Path, meta: dict[str, Any]) -> None:
+    """Compares every unpacked member with the sha256 recorded at save; warns when there is no record.
+
+    Raises:
+        DamagedCheckpointError: naming the first member that is missing, altered or not in the record.
+    """
+    recorded = meta.get(CHECKSUM_KEY)
+    if recorded is None:
+        log.warning(
+            "model=%s has no checksum record (saved before nemo-steerlm recorded one); its members are not verified",
+            path,
+        )
+        return
+    found = member_checksums(root)
+    for name, digest in sorted(recorded.items()):
+        if name not in found:
+            raise DamagedCheckpointError(f"model={path}: member {name} is missing")
+        if found[name] != digest:
+            raise DamagedCheckpointError(f"model={path}: member {name} is damaged (its sha256 differs from the record)")
+    extra = sorted(set(found) - set(recorded))
+    if extra:
+        raise DamagedCheckpointError(f"model={path}: member {extra[0]} is not in the archive's checksum record")
+
+
+def unpack_nemo(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> dict[str, Any]:
+    """Unpacks an untrusted ``.nemo`` into ``into``, checks it and returns its ``steerlm.json``.
+
+    Raises:
+        DamagedCheckpointError: not an uncompressed tar, truncated, or a member differs from its recorded sha256.
+        UnsafeCheckpointError: a member outside ``into``, a link or device, a tar bomb, or a pickle that names code.
+    """
+    path, root = Path(path).resolve(), Path(into)
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+            _check_members(path, members, root)
+            tar.extractall(root, members=members, filter="data")
+    except tarfile.FilterError as err:
+        raise UnsafeCheckpointError(f"model={path}: refused member ({err})") from None
+    except (tarfile.TarError, EOFError) as err:
+        raise DamagedCheckpointError(f"model={path}: damaged .nemo archive ({err})") from None
+    except OSError as err:
+        raise DamagedCheckpointError(f"model={path}: cannot unpack into {root} ({err.strerror or err})") from None
+    meta_path = root / META_NAME
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpointError(f"model={path}: member {META_NAME} is missing or unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise DamagedCheckpointError(f"model={path}: member {META_NAME} is not a JSON object")
+    verify_members(path, root, meta)
+    check_dist_checkpoint(root / WEIGHTS_DIR, f"model={path}: {WEIGHTS_DIR}")
+    return meta
+
+
+def load_model_config(path: Path, root: Path) -> DictConfig:
+    """The unpacked archive's ``model_config.yaml``; its ``target`` must be one of :data:`MODEL_CLASSES`."""
+    try:
+        cfg = OmegaConf.load(root / CONFIG_NAME)
+    except Exception as err:  # noqa: BLE001 - yaml and omegaconf raise many types for a damaged file
+        raise DamagedCheckpointError(f"model={path}: member {CONFIG_NAME} is missing or unreadable ({err})") from None
+    target = OmegaConf.select(cfg, "target") if isinstance(cfg, DictConfig) else None
+    if str(target) not in MODEL_CLASSES:
+        raise UserError(f"model={path}: {CONFIG_NAME}: class {target!r} is not a nemo-steerlm model")
+    return cfg
 
 
 def restore_nemo(
@@ -136,15 +254,12 @@ def restore_nemo(
         check_kind(path, expected_kind)
     with tempfile.TemporaryDirectory(prefix="nemo_steerlm_restore_") as tmp:
         root = Path(tmp)
-        _extract(path, root)
-        cfg: DictConfig = OmegaConf.load(root / CONFIG_NAME)
+        unpack_nemo(path, root)
+        cfg = load_model_config(path, root)
         cfg.tokenizer.path = str(root / TOKENIZER_DIR)
         for key, value in (overrides or {}).items():
             OmegaConf.update(cfg, key, value, merge=False)
-        target = str(cfg.target)
-        if not target.startswith("nemo_steerlm."):
-            raise UserError(f"model={path}: class {target!r} is not a nemo-steerlm model")
-        model = get_class(target)(cfg=cfg, trainer=trainer)
+        model = get_class(str(cfg.target))(cfg=cfg, trainer=trainer)
         state = dist_checkpointing.load(model.model.sharded_state_dict(), str(root / WEIGHTS_DIR))
         model.model.load_state_dict(state)
     model.model.eval()

@@ -129,7 +129,14 @@ def main(cfg: DictConfig) -> None:
         from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
         relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
-    run_stage("annotate", cfg, body)
+    run_stage("annotate", cfg, body, job_name(cfg))
+
+
+def job_name(cfg: DictConfig) -> str:
+    """The lock and fingerprint name: the shards of one job (and their merge) write one folder side by side."""
+    if bool(cfg.merge_shards):
+        return "annotate.merge"
+    return f"annotate.shard_{int(cfg.shard_index):05d}" if int(cfg.num_shards) > 1 else "annotate"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from nemo_steerlm.errors import MissingInputError, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
+# numeric defaults that Lightning also accepts as text (``trainer.precision=bf16-mixed``)
+TEXT_ALLOWED = frozenset({"trainer.precision"})
+
 StageBody = Callable[[DictConfig, Path], "dict[str, Any] | None"]
 
 
@@ -36,12 +39,18 @@ def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
     """Decorates a stage's ``main(cfg)`` as a Hydra app on ``conf/<config_name>.yaml`` (overrides from argv)."""
 
     def decorate(task: Callable[[DictConfig], None]) -> Callable[[], None]:
+        def checked(cfg: DictConfig) -> None:
+            bad = mistyped_value(cfg, config_name)
+            if bad is not None:
+                _fail(config_name.replace("_", "-"), bad)
+            task(cfg)
+
         @functools.wraps(task)
         def main() -> None:
             given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
             sys.argv += [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
             try:
-                hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(task)()
+                hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(checked)()
             finally:
                 teardown_distributed()
 
@@ -62,6 +71,46 @@ def launcher_rank() -> int:
         if var in os.environ:
             return int(os.environ[var])
     return 0
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _container(cfg: DictConfig) -> Any:
+    """The config as plain containers, interpolations resolved where they resolve (left as text otherwise)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - a broken interpolation is reported by the stage itself, with its key
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def mistyped_value(cfg: DictConfig, config_name: str) -> str | None:
+    """The first setting given as text where the stage's YAML default is a number or a boolean, in words.
+
+    The defaults are composed with the same config-group choices (``preset=``, ``dataset=``); ``None`` when every
+    numeric or boolean setting holds a value of its type (or null).
+    """
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = [f"{g}={c}" for g, c in HydraConfig.get().runtime.choices.items() if "/" not in g and c is not None]
+    choices = [c for c in choices if not c.startswith("hydra")]
+    defaults = _leaves(_container(compose(config_name=config_name, overrides=choices)))
+    given = _leaves(_container(cfg))
+    kinds = {bool: "true or false", int: "an integer", float: "a number"}
+    for key, default in defaults.items():
+        value = given.get(key)
+        if type(default) not in kinds or value is None or key in TEXT_ALLOWED:
+            continue
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, (int, float)):
+            return f"{key}={value}: expected {kinds[type(default)]} (the default is {default})"
+    return None
 
 
 def is_global_rank_zero() -> bool:
@@ -157,17 +206,22 @@ def require_path(cfg: DictConfig, key: str, what: str) -> Path:
     return path
 
 
-def run_stage(stage: str, cfg: DictConfig, body: StageBody) -> dict[str, Any] | None:
+def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = None) -> dict[str, Any] | None:
     """Runs ``body`` for ``stage`` with uniform error handling; writes the resolved config and timing on success.
 
     A :class:`UserError` (bad data, bad config, a missing input) prints one line naming what to change and exits
-    with status 2; nothing is written for a failed stage.
+    with status 2; nothing is written for a failed stage. While ``body`` runs, ``output_dir`` is locked and its
+    fingerprint checked (see :mod:`nemo_steerlm.recipes.provenance`); ``job`` names both (default: ``stage``; the
+    shards of one annotate run use one per shard).
     """
+    from nemo_steerlm.recipes.provenance import guard_output_dir
+
     start = time.perf_counter()
     try:
         OmegaConf.resolve(cfg)
         output_dir = Path(str(cfg.output_dir))
-        summary = body(cfg, output_dir)
+        with guard_output_dir(job or stage, cfg, output_dir):
+            summary = body(cfg, output_dir)
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or str(err)
         _fail(stage, f"missing required setting: pass {key}=...")

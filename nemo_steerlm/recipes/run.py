@@ -91,17 +91,21 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
 def _run_one(stage: str, cfg: DictConfig, root: Path, wiring: list[str]) -> dict[str, Any]:
     import importlib
 
+    from nemo_steerlm.recipes.provenance import check_fingerprint
+
     name, recipe = STAGES[stage]
     out = root / name
     summary_file = out / f"{name}.summary.json"
-    if summary_file.exists():
-        print(f"nemo-steerlm run: {name} already done ({summary_file}), skipping")
-        return json.loads(summary_file.read_text(encoding="utf-8"))
     overrides = [*_forwarded(stage), *wiring, *[str(o) for o in cfg.overrides[stage]], f"output_dir={out}"]
     if stage == "evaluate":
         overrides = accept_steer_overrides(overrides)
-    print(f"nemo-steerlm run: {name} {' '.join(overrides)}", flush=True)
     stage_cfg = compose(config_name=recipe, overrides=overrides)
+    if summary_file.exists():
+        OmegaConf.resolve(stage_cfg)
+        check_fingerprint(name, stage_cfg, out, overwrite=False)  # refuses a finished stage of other settings
+        print(f"nemo-steerlm run: {name} already done ({summary_file}), skipping")
+        return json.loads(summary_file.read_text(encoding="utf-8"))
+    print(f"nemo-steerlm run: {name} {' '.join(overrides)}", flush=True)
     module = importlib.import_module(f"nemo_steerlm.recipes.{recipe}")
     run_stage(name, stage_cfg, module.body)
     return json.loads(summary_file.read_text(encoding="utf-8"))

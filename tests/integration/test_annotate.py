@@ -91,9 +91,13 @@ def test_killed_run_resumes_to_identical_bytes(tiny_apm: Path, val_run: Path, tm
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     committed = sorted(state.glob("chunk_*.jsonl"))
     assert 3 <= len(committed) < 22 and not (out / "val.annotated.jsonl").exists()
-    ok(steerlm(*args))
+    # a damaged chunk (its last line cut off, as a full disk or an edit would leave it) must not be reused
+    lines = committed[1].read_bytes().splitlines(keepends=True)
+    committed[1].write_bytes(b"".join(lines[:-1]) + lines[-1][:10])
+    res = ok(steerlm(*args))
+    assert f"{committed[1].name} does not match its record" in res.stdout
     summary = json.loads((out / "annotate.summary.json").read_text())
-    assert summary["chunks_resumed"] >= len(committed) and summary["rows"] == 43
+    assert summary["chunks_resumed"] >= len(committed) - 1 and summary["rows"] == 43
     assert (out / "val.annotated.jsonl").read_bytes() == (val_run / "val.annotated.jsonl").read_bytes()
 
 

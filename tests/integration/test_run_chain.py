@@ -9,6 +9,7 @@ import pytest
 from steerlm_test_helpers.cli import ok, steerlm
 
 from nemo_steerlm.models.checkpoint import read_nemo_meta
+from nemo_steerlm.resources import helpsteer_sample_path
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +110,16 @@ def test_rerun_skips_finished_stages(chain: tuple[Path, str]) -> None:
     out, _ = chain
     res = ok(steerlm("run", f"output_dir={out}", *FAST))
     assert res.stdout.count("already done") == 6  # prepare, analyze, train-apm, annotate, train-sft, evaluate
+
+
+def test_rerun_with_a_new_dataset_is_refused(chain: tuple[Path, str], tmp_path: Path) -> None:
+    """Case (c): a finished run folder with a new dataset.path used to skip every stage and exit 0."""
+    out, _ = chain
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(Path(helpsteer_sample_path()).read_text().splitlines(keepends=True)[:-4]))
+    res = steerlm("run", f"output_dir={out}", f"dataset.path={new}", *FAST)
+    assert res.returncode == 2 and "already done" not in res.stdout
+    assert "dataset.path was" in res.stderr and "overwrite=true" in res.stderr
 
 
 def test_preset_reaches_only_the_stages_that_have_one(tmp_path: Path) -> None:
