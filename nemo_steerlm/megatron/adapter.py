@@ -39,6 +39,11 @@ The patches, each the narrowest found to work (measured on megatron-core 0.16.1,
    word-embedding weight with ``weight.data.cuda()`` before all-reducing it between the first and last stage. A
    tensor method is not reachable through a module's ``torch`` name, so that one call runs with ``Tensor.cuda`` as
    the identity (the weight is already where the CPU process group needs it), restored right after.
+8. **bf16/fp16 parameters with fp32 main weights.** ``Float16OptimizerWithFloat16Params`` sorts parameters by
+   ``param.type()`` and accepts only ``torch.cuda.*Tensor`` names. The name ``get_megatron_optimizer`` instantiates
+   is rebound to a subclass whose constructor sees each CPU parameter's type under its CUDA name (an instance
+   attribute shadowing ``Tensor.type`` on those parameters, removed right after); its other ``device="cuda"``
+   allocations go through patch 3. The distributed optimizer keeps its CUDA-only checks.
 """
 
 from __future__ import annotations
@@ -161,6 +166,7 @@ def apply_cpu_patches(force: bool = False) -> bool:
     _patch_grad_norm()
     _patch_wrapped_torch_norm()
     _patch_tied_embedding_setup()
+    _patch_float16_optimizer()
     _state["applied"] = True
     return True
 
@@ -426,3 +432,37 @@ def _patch_tied_embedding_setup() -> None:
             original(self)
 
     LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
+
+
+# ------------------------------------------------------------- patch 8: bf16/fp16 parameters with fp32 main weights
+
+
+@contextlib.contextmanager
+def _cuda_type_names(params: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block each parameter's ``type()`` answers its CUDA tensor type name (CPU machines only)."""
+    for param in params:
+        name = param.type()
+        param.type = functools.partial(lambda n: n, name.replace("torch.", "torch.cuda.", 1))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for param in params:
+            del param.type
+
+
+def _patch_float16_optimizer() -> None:
+    import megatron.core.optimizer as optimizer_package
+
+    base = _state["originals"].setdefault(
+        "Float16OptimizerWithFloat16Params", optimizer_package.Float16OptimizerWithFloat16Params
+    )
+
+    class CpuFloat16OptimizerWithFloat16Params(base):  # type: ignore[misc, valid-type]
+        """``Float16OptimizerWithFloat16Params`` accepting CPU parameters (fp32 main copies of bf16/fp16 ones)."""
+
+        def __init__(self, optimizer: Any, *args: Any) -> None:
+            params = [p for g in optimizer.param_groups for p in g["params"]] if optimizer else []
+            with _cuda_type_names(params):
+                super().__init__(optimizer, *args)
+
+    optimizer_package.Float16OptimizerWithFloat16Params = CpuFloat16OptimizerWithFloat16Params
