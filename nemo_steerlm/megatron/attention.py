@@ -19,7 +19,8 @@ fast), or with attention dropout (FlexAttention has none), the boolean mask is b
 micro-batch inside the attention and SDPA runs as before. Both compute the same function (tests compare them).
 
 Semantics kept from ``DotProductAttention``: inputs ``query [sq, b, heads, d]``, ``key``/``value
-[sk, b, groups, d]`` (grouped-query keys repeated per head), output ``[sq, b, heads * d]``; ``attention_mask`` is
+[sk, b, groups, d]`` (grouped-query keys shared by their heads inside the kernel, SDPA's ``enable_gqa``: no copy
+per head, which matters for a KV cache read every decode step), output ``[sq, b, heads * d]``; ``attention_mask`` is
 boolean with ``True`` = masked, broadcastable to ``[b, 1, sq, sk]``; without a mask the layer's causal type
 applies (``sq == sk``), and a single query (a KV-cache decode step) attends to every cached key. The softmax scale
 is ``softmax_scale`` or ``1/sqrt(d)`` (megatron's query-key layer scaling multiplies it back and cancels).
@@ -206,10 +207,7 @@ class SDPAttention(MegatronModule):
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads or groups, s, d]
             out = _flex_attention(q, k, v, documents, self.scale)
             return out.permute(2, 0, 1, 3).reshape(sq, out.shape[0], -1)
-        if self.heads != self.groups:
-            key = key.repeat_interleave(self.heads // self.groups, dim=2)
-            value = value.repeat_interleave(self.heads // self.groups, dim=2)
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads or groups, s, d]
         if documents is not None:
             mask, causal = documents.allowed(), False
         else:
@@ -219,8 +217,16 @@ class SDPAttention(MegatronModule):
             contextlib.nullcontext() if self.config.sequence_parallel else tensor_parallel.get_cuda_rng_tracker().fork()
         )
         with fork:
+            # grouped-query keys are shared by their heads inside the kernel (no per-head copies of the KV cache)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=self.scale,
+                enable_gqa=self.heads != self.groups,
             )
         return out.permute(2, 0, 1, 3).reshape(sq, out.shape[0], -1)
 
