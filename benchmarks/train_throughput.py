@@ -60,7 +60,7 @@ def helpsteer_lengths(seq: int) -> list[int]:
     tokenizer = load_tokenizer(tok_dir)
     schema = AttributeSchema()
     rows = load_helpsteer(str(helpsteer_sample_path()), schema)["train"]
-    texts = [render_sft(helpsteer_to_conversation(r, schema)) for r in rows]
+    texts = [render_sft(helpsteer_to_conversation(r, schema)).text for r in rows]
     return [min(len(tokenizer(t, add_special_tokens=False)["input_ids"]), seq) for t in texts]
 
 

@@ -6,11 +6,19 @@ marker ``<extra_id_1>`` (several tokens with most tokenizers, one with the shipp
 end-of-sequence token, or after ``max_new_tokens``. The marker and what follows it are cut from the response.
 
 KV cache: megatron-core's own :class:`~megatron.core.inference.contexts.StaticInferenceContext` passed as
-``inference_context`` to ``GPTModel.forward`` (its buffers are allocated on CPU by the CPU adapter). Prompts of
-different lengths share a batch the way Megatron's classic text generation does it: the batch is pre-filled up to
-the shortest prompt, then advanced one position per step for every sequence; a sequence still inside its prompt
-takes its next prompt token instead of the sampled one. Every token therefore sits at the same position as in an
-unbatched run, and no padding is ever attended to.
+``inference_context`` to ``GPTModel.forward`` (its buffers are allocated on CPU by the CPU adapter). A batch is
+pre-filled in one forward pass: prompts are padded on the left to the longest, the padding slots are masked out of
+every query's keys, and RoPE follows each token's unpadded position (the cache context carries per-slot positions
+that :class:`~nemo_steerlm.models.gpt.PositionAwareGPTModel` reads), so every token sits at the same position as in
+an unbatched run and no padding is attended to; then every step adds one token per sequence, ``max_new_tokens``
+steps at most however the prompt lengths differ. Without the KV cache (``use_cache=False``, for checks) the
+stepwise loop of Megatron's classic text generation runs instead: pre-fill up to the shortest prompt, then one
+position per step, a sequence still inside its prompt taking its next prompt token.
+
+CUDA graphs for the decode step are not used: megatron's static KV cache re-applies RoPE to every cached key and
+slices the cache to the current length each step (shapes change every step), and the sampler and stop checks run
+on the host; capturing the step needs a fixed-shape cache and attention first (megatron's dynamic inference
+context and its CUDA-graph support are the way there).
 
 Parallelism: every rank of one model-parallel group runs the same loop on the same prompts. Pipeline stages pass
 hidden states ``[s, b, h]`` point to point; the last stage gathers the tensor-parallel logits, samples (same seed on
