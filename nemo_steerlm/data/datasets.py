@@ -227,9 +227,11 @@ class PackedSFTDataset(Dataset):
 def collate_sft(items: Sequence[SFTSample | list[SFTSample]], pad_id: int, pad_to: int | None = None) -> dict:
     """Right-pads (packed) samples into ``tokens``, ``labels``, ``loss_mask``, ``position_ids`` [b, s].
 
-    A packed item (a list of samples) also produces ``attention_mask`` [b, 1, s, s] (True = masked): causal within
-    each conversation, nothing across them; positions restart at 0 per conversation. Unpacked batches get no mask
-    (the model's causal mask), which is what a packed row of one conversation reduces to.
+    A packed item (a list of samples) also produces ``document_ids`` [b, s]: the index of each token's conversation
+    in its row (``-1`` for padding). Attention is causal within a conversation and nothing crosses them; positions
+    restart at 0 per conversation. No dense ``[b, 1, s, s]`` mask is built here: the model's core attention turns
+    the ids into the mask it needs (:func:`nemo_steerlm.megatron.attention.attention_inputs`). Unpacked batches get
+    no ids (the model's causal mask), which is what a packed row of one conversation reduces to.
     """
     packed = any(isinstance(it, list) for it in items)
     rows = [it if isinstance(it, list) else [it] for it in items]
@@ -254,7 +256,5 @@ def collate_sft(items: Sequence[SFTSample | list[SFTSample]], pad_id: int, pad_t
         positions[r, at:] = torch.arange(length - at)
     batch = {"tokens": tokens, "labels": labels, "loss_mask": loss, "position_ids": positions}
     if packed:
-        causal = torch.ones(length, length, dtype=torch.bool).tril()
-        same = segments.unsqueeze(2) == segments.unsqueeze(1)
-        batch["attention_mask"] = ~(same & causal).unsqueeze(1)
+        batch["document_ids"] = segments
     return batch

@@ -43,6 +43,11 @@ The patches, each the narrowest found to work (measured on megatron-core 0.16.1,
    "CUDA" RNG state through ``random._get_cuda_rng_state``/``_set_cuda_rng_state`` so dropout replays identically.
    On CPU the device generator is the default CPU generator, so both names are rebound to
    ``torch.get_rng_state``/``torch.set_rng_state``.
+9. **bf16/fp16 parameters with fp32 main weights.** ``Float16OptimizerWithFloat16Params`` sorts parameters by
+   ``param.type()`` and accepts only ``torch.cuda.*Tensor`` names. The name ``get_megatron_optimizer`` instantiates
+   is rebound to a subclass whose constructor sees each CPU parameter's type under its CUDA name (an instance
+   attribute shadowing ``Tensor.type`` on those parameters, removed right after); its other ``device="cuda"``
+   allocations go through patch 3. The distributed optimizer keeps its CUDA-only checks.
 """
 
 from __future__ import annotations
@@ -166,6 +171,7 @@ def apply_cpu_patches(force: bool = False) -> bool:
     _patch_wrapped_torch_norm()
     _patch_tied_embedding_setup()
     _patch_checkpoint_rng_states()
+    _patch_float16_optimizer()
     _state["applied"] = True
     return True
 
@@ -449,3 +455,37 @@ def _patch_checkpoint_rng_states() -> None:
     _state["originals"].setdefault("_set_cuda_rng_state", mrandom._set_cuda_rng_state)
     mrandom._get_cuda_rng_state = _cpu_get_rng_state
     mrandom._set_cuda_rng_state = _cpu_set_rng_state
+
+
+# ------------------------------------------------------------- patch 9: bf16/fp16 parameters with fp32 main weights
+
+
+@contextlib.contextmanager
+def _cuda_type_names(params: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block each parameter's ``type()`` answers its CUDA tensor type name (CPU machines only)."""
+    for param in params:
+        name = param.type()
+        param.type = functools.partial(lambda n: n, name.replace("torch.", "torch.cuda.", 1))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for param in params:
+            del param.type
+
+
+def _patch_float16_optimizer() -> None:
+    import megatron.core.optimizer as optimizer_package
+
+    base = _state["originals"].setdefault(
+        "Float16OptimizerWithFloat16Params", optimizer_package.Float16OptimizerWithFloat16Params
+    )
+
+    class CpuFloat16OptimizerWithFloat16Params(base):  # type: ignore[misc, valid-type]
+        """``Float16OptimizerWithFloat16Params`` accepting CPU parameters (fp32 main copies of bf16/fp16 ones)."""
+
+        def __init__(self, optimizer: Any, *args: Any) -> None:
+            params = [p for g in optimizer.param_groups for p in g["params"]] if optimizer else []
+            with _cuda_type_names(params):
+                super().__init__(optimizer, *args)
+
+    optimizer_package.Float16OptimizerWithFloat16Params = CpuFloat16OptimizerWithFloat16Params

@@ -8,8 +8,19 @@ with PyTorch's fused kernels (flash or memory-efficient on CUDA, the flash kerne
 matrix. :func:`local_spec_with_attention` swaps it into the local spec; ``model.core_attention=local`` keeps
 megatron's own module.
 
+Packed rows (several conversations per row) are described by per-token document ids ``[b, s]`` instead of a dense
+``[b, 1, s, s]`` mask: :func:`attention_inputs` wraps them in a :class:`DocumentMask` (passed to megatron as
+``packed_seq_params``, ``qkv_format="sbhd"``, which megatron hands through to the core attention untouched) for
+:class:`SDPAttention`, and builds megatron's dense mask only for ``core_attention=local``. With a document mask
+:class:`SDPAttention` picks its kernel itself: FlexAttention with a block-sparse ``BlockMask`` (causal within a
+document, nothing across) on CUDA, where only the blocks that hold allowed pairs are computed and no ``s × s`` tensor
+exists; elsewhere (torch 2.13 has no FlexAttention backward on CPU, and its CPU forward needs ``torch.compile`` to be
+fast), or with attention dropout (FlexAttention has none), the boolean mask is built from the ids once per
+micro-batch inside the attention and SDPA runs as before. Both compute the same function (tests compare them).
+
 Semantics kept from ``DotProductAttention``: inputs ``query [sq, b, heads, d]``, ``key``/``value
-[sk, b, groups, d]`` (grouped-query keys repeated per head), output ``[sq, b, heads * d]``; ``attention_mask`` is
+[sk, b, groups, d]`` (grouped-query keys shared by their heads inside the kernel, SDPA's ``enable_gqa``: no copy
+per head, which matters for a KV cache read every decode step), output ``[sq, b, heads * d]``; ``attention_mask`` is
 boolean with ``True`` = masked, broadcastable to ``[b, 1, sq, sk]``; without a mask the layer's causal type
 applies (``sq == sk``), and a single query (a KV-cache decode step) attends to every cached key. The softmax scale
 is ``softmax_scale`` or ``1/sqrt(d)`` (megatron's query-key layer scaling multiplies it back and cancels).
@@ -21,22 +32,113 @@ import contextlib
 import copy
 import math
 import weakref
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.utils import divide
+from megatron.core.utils import divide, unwrap_model
 
 from nemo_steerlm.megatron.config import ConfigError
 
 CORE_ATTENTION = ("sdpa", "local")
+DocumentBackend = Literal["auto", "flex", "dense"]
+
+
+@dataclass
+class DocumentMask(PackedSeqParams):
+    """Packed rows as per-token document ids: causal attention within a document, none across documents.
+
+    Megatron passes ``packed_seq_params`` unchanged from ``GPTModel.forward`` to every layer's core attention (the
+    ``sbhd`` format leaves RoPE and the projections alone), so one object serves all layers of a micro-batch and
+    caches what it builds (the block mask or the dense mask) for them.
+
+    Args:
+        document_ids: ``[b, s]`` integer ids; tokens of one row with equal ids form a document (padding may share
+            one id: it then attends causally to padding only, as with the dense mask).
+        backend: ``auto`` (FlexAttention on CUDA without dropout, the dense mask otherwise), ``flex`` or ``dense``.
+    """
+
+    document_ids: torch.Tensor | None = None
+    backend: DocumentBackend = "auto"
+    qkv_format: str = "sbhd"
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # megatron sizes the rotary table from these when packed_seq_params is given: the full row length
+        if self.document_ids is not None:
+            self.max_seqlen_q = self.max_seqlen_kv = int(self.document_ids.shape[1])
+
+    def allowed(self) -> torch.Tensor:
+        """SDPA's boolean ``[b, 1, s, s]`` mask ("may attend"), built once."""
+        if "allowed" not in self._cache:
+            ids = self.document_ids
+            s = ids.shape[1]
+            causal = torch.ones(s, s, dtype=torch.bool, device=ids.device).tril()
+            self._cache["allowed"] = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & causal).unsqueeze(1)
+        return self._cache["allowed"]
+
+    def block_mask(self) -> Any:
+        """FlexAttention's ``BlockMask`` for the ids (heads broadcast), built once."""
+        if "block" not in self._cache:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            ids = self.document_ids
+
+            def document_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+                return (ids[b, q] == ids[b, kv]) & (q >= kv)
+
+            b, s = ids.shape
+            self._cache["block"] = create_block_mask(document_causal, b, None, s, s, device=ids.device)
+        return self._cache["block"]
+
+
+def attention_inputs(
+    model: torch.nn.Module, document_ids: torch.Tensor | None, backend: DocumentBackend = "auto"
+) -> dict[str, Any]:
+    """Keyword arguments of ``GPTModel.forward`` for a micro-batch: its mask, as the model's core attention takes it.
+
+    Args:
+        model: the (possibly DDP-wrapped) GPT stage.
+        document_ids: ``[b, s]`` document ids of packed rows, or ``None`` for plain causal rows.
+        backend: the :class:`DocumentMask` backend (for checks; ``auto`` in training).
+
+    Returns:
+        ``{"attention_mask": None}`` for causal rows; ``{"attention_mask": None, "packed_seq_params": DocumentMask}``
+        for :class:`SDPAttention`; megatron's dense boolean mask (``True`` = masked) for megatron's own attention.
+    """
+    if document_ids is None:
+        return {"attention_mask": None}
+    mask = DocumentMask(document_ids=document_ids, backend=backend)
+    layers = unwrap_model(model).decoder.layers
+    if len(layers) and isinstance(layers[0].self_attention.core_attention, SDPAttention):
+        return {"attention_mask": None, "packed_seq_params": mask}
+    return {"attention_mask": ~mask.allowed()}
+
+
+_FLEX: Any = None
+
+
+def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask, scale: float) -> Any:
+    """FlexAttention over ``[b, heads, s, d]`` with the document block mask (compiled on CUDA, eager elsewhere)."""
+    global _FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.is_cuda:
+        if _FLEX is None:
+            _FLEX = torch.compile(flex_attention)
+        kernel = _FLEX
+    else:
+        kernel = flex_attention  # eager: correct but slow, and forward only (torch 2.13); used by the CPU tests
+    return kernel(q, k, v, block_mask=mask.block_mask(), scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 class SDPAttention(MegatronModule):
@@ -93,24 +195,49 @@ class SDPAttention(MegatronModule):
         packed_seq_params: Any = None,
     ) -> torch.Tensor:
         """Attention output ``[sq, b, heads * d]`` for ``query [sq, b, heads, d]`` and ``key``/``value``."""
-        if attention_bias is not None or packed_seq_params is not None:
-            raise ValueError("core_attention=sdpa takes a boolean attention_mask, not attention_bias/packed_seq_params")
-        if self.heads != self.groups:
-            key = key.repeat_interleave(self.heads // self.groups, dim=2)
-            value = value.repeat_interleave(self.heads // self.groups, dim=2)
+        documents = packed_seq_params if isinstance(packed_seq_params, DocumentMask) else None
+        if attention_bias is not None or (packed_seq_params is not None and documents is None):
+            raise ValueError(
+                "core_attention=sdpa takes a boolean attention_mask or a DocumentMask, not attention_bias or THD "
+                "packed_seq_params"
+            )
         sq, sk = query.shape[0], key.shape[0]
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
-        mask, causal = self._mask(attention_mask, attn_mask_type or self.attn_mask_type, sq, sk)
         dropout = self.dropout if self.training else 0.0
+        if documents is not None and self._use_flex(documents, query, dropout):
+            q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads or groups, s, d]
+            out = _flex_attention(q, k, v, documents, self.scale)
+            return out.permute(2, 0, 1, 3).reshape(sq, out.shape[0], -1)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads or groups, s, d]
+        if documents is not None:
+            mask, causal = documents.allowed(), False
+        else:
+            mask, causal = self._mask(attention_mask, attn_mask_type or self.attn_mask_type, sq, sk)
         # megatron forks the model-parallel RNG for attention dropout unless activations are sequence-parallel
         fork = (
             contextlib.nullcontext() if self.config.sequence_parallel else tensor_parallel.get_cuda_rng_tracker().fork()
         )
         with fork:
+            # grouped-query keys are shared by their heads inside the kernel (no per-head copies of the KV cache)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=self.scale,
+                enable_gqa=self.heads != self.groups,
             )
         return out.permute(2, 0, 1, 3).reshape(sq, out.shape[0], -1)
+
+    @staticmethod
+    def _use_flex(documents: DocumentMask, query: torch.Tensor, dropout: float) -> bool:
+        """Whether a document mask runs on FlexAttention (see the module docstring)."""
+        if documents.backend == "auto":
+            return query.is_cuda and dropout == 0.0
+        if documents.backend == "flex" and dropout > 0.0:
+            raise ValueError("FlexAttention has no attention dropout: use backend='dense' or attention_dropout=0")
+        return documents.backend == "flex"
 
     @staticmethod
     def _mask(

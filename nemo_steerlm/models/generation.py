@@ -8,11 +8,19 @@ tokenizer's end-of-sequence token, or after ``max_new_tokens``. The marker and w
 response.
 
 KV cache: megatron-core's own :class:`~megatron.core.inference.contexts.StaticInferenceContext` passed as
-``inference_context`` to ``GPTModel.forward`` (its buffers are allocated on CPU by the CPU adapter). Prompts of
-different lengths share a batch the way Megatron's classic text generation does it: the batch is pre-filled up to
-the shortest prompt, then advanced one position per step for every sequence; a sequence still inside its prompt
-takes its next prompt token instead of the sampled one. Every token therefore sits at the same position as in an
-unbatched run, and no padding is ever attended to.
+``inference_context`` to ``GPTModel.forward`` (its buffers are allocated on CPU by the CPU adapter). A batch is
+pre-filled in one forward pass: prompts are padded on the left to the longest, the padding slots are masked out of
+every query's keys, and RoPE follows each token's unpadded position (the cache context carries per-slot positions
+that :class:`~nemo_steerlm.models.gpt.PositionAwareGPTModel` reads), so every token sits at the same position as in
+an unbatched run and no padding is attended to; then every step adds one token per sequence, ``max_new_tokens``
+steps at most however the prompt lengths differ. Without the KV cache (``use_cache=False``, for checks) the
+stepwise loop of Megatron's classic text generation runs instead: pre-fill up to the shortest prompt, then one
+position per step, a sequence still inside its prompt taking its next prompt token.
+
+CUDA graphs for the decode step are not used: megatron's static KV cache re-applies RoPE to every cached key and
+slices the cache to the current length each step (shapes change every step), and the sampler and stop checks run
+on the host; capturing the step needs a fixed-shape cache and attention first (megatron's dynamic inference
+context and its CUDA-graph support are the way there).
 
 Parallelism: every rank of one model-parallel group runs the same loop on the same prompts. Pipeline stages pass
 hidden states ``[s, b, h]`` point to point; the last stage gathers the tensor-parallel logits, samples (same seed on
@@ -36,6 +44,7 @@ from nemo_steerlm.data.template import Conversation
 from nemo_steerlm.data.tokenization import Encoded, encode_prompt
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.megatron import parallel
+from nemo_steerlm.models.gpt import PositionAwareGPTModel
 
 
 @dataclass(frozen=True)
@@ -127,9 +136,16 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 
 # --- one forward step through the pipeline --------------------------------------------------------------------------
 def _pipeline_forward(
-    module: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, context: StaticInferenceContext | None
+    module: torch.nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    context: StaticInferenceContext | None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Runs ``tokens`` [b, s] through this rank's stage; the last stage returns the last position's logits [b, V]."""
+    """Runs ``tokens`` [b, s] through this rank's stage; the last stage returns the last position's logits [b, V].
+
+    ``attention_mask`` (``True`` = masked, ``[b, 1, s, keys]``) hides the padding of left-padded rows.
+    """
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     first = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
@@ -140,7 +156,9 @@ def _pipeline_forward(
         hidden = torch.empty(shape, dtype=config.pipeline_dtype, device=parallel.device())
         dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
         module.set_input_tensor(hidden)
-    out = module(tokens, positions, None, inference_context=context, runtime_gather_output=True)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(parallel.device())
+    out = module(tokens, positions, attention_mask, inference_context=context, runtime_gather_output=True)
     if not last:
         dist.send(out.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
         return None
@@ -189,21 +207,25 @@ class _BatchState:
 
     def advance(self, position: int, chosen: torch.Tensor) -> None:
         """Places the token of ``position`` for every sequence (prompt token or the chosen one) and checks stops."""
-        for i, result in enumerate(self.results):
+        for i in range(len(self.results)):
             if position < self.lengths[i] or self.done[i]:
                 continue
-            token = int(chosen[i])
-            self.tokens[i, position] = token
-            result.token_ids.append(token)
-            if self._stop_text_in_tail(result.token_ids):
-                text = self._decode(result.token_ids)
-                result.text = text[: text.find(self.params.stop_text)]
-                result.stop_reason, self.done[i] = "stop_text", True
-            elif self.eos is not None and token == self.eos:
-                result.text, result.stop_reason = self._decode(result.token_ids[:-1]), "eos"
-                self.done[i] = True
-            elif len(result.token_ids) >= self.params.max_new_tokens:
-                result.text, self.done[i] = self._decode(result.token_ids), True
+            self.tokens[i, position] = int(chosen[i])
+            self.accept(i, int(chosen[i]))
+
+    def accept(self, i: int, token: int) -> None:
+        """Appends a generated token to sequence ``i`` and checks its stops."""
+        result = self.results[i]
+        result.token_ids.append(token)
+        if self._stop_text_in_tail(result.token_ids):
+            text = self._decode(result.token_ids)
+            result.text = text[: text.find(self.params.stop_text)]
+            result.stop_reason, self.done[i] = "stop_text", True
+        elif self.eos is not None and token == self.eos:
+            result.text, result.stop_reason = self._decode(result.token_ids[:-1]), "eos"
+            self.done[i] = True
+        elif len(result.token_ids) >= self.params.max_new_tokens:
+            result.text, self.done[i] = self._decode(result.token_ids), True
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -239,9 +261,24 @@ def generate_batch(
         One :class:`Generation` per prompt, the same on every rank.
     """
     state = _BatchState(prompts, params, tokenizer, int(tokenizer.pad_token_id))
-    batch = len(prompts)
-    context = StaticInferenceContext(batch, state.total) if params.use_cache else None
     module.eval()
+    if params.use_cache and isinstance(module, PositionAwareGPTModel):
+        with torch.no_grad():
+            _decode_prefilled(module, prompts, state, vocab_size, generator)
+        return state.results
+    return _decode_stepwise(module, state, vocab_size, generator)
+
+
+def _decode_stepwise(
+    module: torch.nn.Module, state: _BatchState, vocab_size: int, generator: torch.Generator
+) -> list[Generation]:
+    """The general loop: prefill up to the shortest prompt, then one position per step for every sequence.
+
+    A sequence still inside its prompt takes its next prompt token instead of the sampled one. Used without the KV
+    cache (the whole sequence is recomputed every step) and for models whose RoPE cannot follow per-row positions.
+    """
+    params, batch = state.params, len(state.lengths)
+    context = StaticInferenceContext(batch, state.total) if params.use_cache else None
     start, position = 0, min(state.lengths)
     with torch.no_grad():
         while position < state.total and not all(state.done):
@@ -259,6 +296,66 @@ def generate_batch(
                 context.enable_decode_mode()
             start, position = position, position + 1
     return state.results
+
+
+class _LeftPaddedContext(StaticInferenceContext):
+    """Megatron's static KV cache for left-padded rows: ``rope_positions`` [b, slots] is each cache slot's position.
+
+    :class:`~nemo_steerlm.models.gpt.PositionAwareGPTModel` reads it, so a prompt token sits at the same RoPE position
+    as in an unpadded run whatever its row's padding.
+    """
+
+    def __init__(self, batch: int, total: int, rope_positions: torch.Tensor) -> None:
+        super().__init__(batch, total)
+        self.rope_positions = rope_positions
+
+
+def _decode_prefilled(
+    module: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    state: _BatchState,
+    vocab_size: int,
+    generator: torch.Generator,
+) -> None:
+    """KV-cache decoding with one batched prefill of all prompts (left-padded), then one new token per step.
+
+    Row ``i`` is padded on the left by ``pad_i`` slots; its tokens keep positions ``0..`` (RoPE through
+    :class:`_LeftPaddedContext`) and the padding slots are masked out of every query's keys. With equal prompt lengths
+    there is no padding and no mask (the causal kernel, as in the stepwise loop). Decoding needs
+    ``max_new_tokens`` steps after the prefill, however the prompt lengths differ.
+    """
+    batch, longest = len(prompts), max(state.lengths)
+    total = longest + state.params.max_new_tokens
+    pads = torch.tensor([longest - n for n in state.lengths], dtype=torch.long)
+    slots = torch.arange(total, dtype=torch.long)
+    positions = (slots.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0)  # [b, slots]
+    padding = slots.unsqueeze(0) < pads.unsqueeze(1)  # [b, slots], True = a padding slot
+    padded = bool(padding.any())
+    tokens = torch.zeros((batch, longest), dtype=torch.long)  # padding slots: any id, they are masked
+    for i, prompt in enumerate(prompts):
+        tokens[i, int(pads[i]) :] = torch.tensor(prompt, dtype=torch.long)
+    context = _LeftPaddedContext(batch, total, positions.to(parallel.device()))
+    mask = None
+    if padded:  # causal, and no key in a padding slot ([b, 1, s, s], True = masked)
+        causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+        mask = ~(causal.unsqueeze(0) & ~padding[:, None, :longest]).unsqueeze(1)
+    logits = _pipeline_forward(module, tokens, positions[:, :longest], context, mask)
+    for step in range(state.params.max_new_tokens):
+        chosen = None
+        if logits is not None:
+            logits[:, vocab_size:] = float("-inf")
+            chosen = sample_next(logits, state.params, generator)
+        chosen = _broadcast_tokens(chosen, batch)
+        for i in range(batch):
+            if not state.done[i]:
+                state.accept(i, int(chosen[i]))
+        if all(state.done) or step + 1 == state.params.max_new_tokens:
+            return
+        at = longest + step
+        context.sequence_len_offset = at
+        context.enable_decode_mode()
+        mask = padding[:, None, None, : at + 1] if padded else None
+        logits = _pipeline_forward(module, chosen.unsqueeze(1), positions[:, at : at + 1], context, mask)
 
 
 def _data_parallel_share(order: list[int]) -> list[int]:

@@ -17,6 +17,7 @@ from nemo_steerlm.data.datasets import PackedSFTDataset, SFTDataset, SFTSample, 
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.tokenization import encode_sft
 from nemo_steerlm.megatron import parallel
+from nemo_steerlm.megatron.attention import attention_inputs
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
 
@@ -33,7 +34,8 @@ class SteerLMSFTModel(MegatronGPTBase):
     def forward_step(self, data_iterator: Any, model: torch.nn.Module) -> tuple[Any, Any]:
         """Runs one micro-batch; the loss is the masked token cross-entropy sum and the trained-token count."""
         mb = parallel.to_device(next(data_iterator))
-        output = model(mb["tokens"], mb["position_ids"], mb.get("attention_mask"), labels=mb["labels"])
+        attention = attention_inputs(model, mb.get("document_ids"))  # packed rows: per-token conversation ids
+        output = model(mb["tokens"], mb["position_ids"], labels=mb["labels"], **attention)
         mask = mb["loss_mask"]
 
         def loss_func(out: torch.Tensor, non_loss_data: bool = False) -> Any:

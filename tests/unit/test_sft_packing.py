@@ -71,6 +71,8 @@ def _tiny_sft_model(seq_length: int):
 
 
 def test_packed_rows_give_the_same_per_token_loss_as_unpacked(conversations):
+    from nemo_steerlm.megatron.attention import attention_inputs
+
     seq = 512
     model = _tiny_sft_model(seq)
     data = SFTDataset(conversations[:40], model.tokenizer, seq_length=seq, max_context_tokens=32)
@@ -78,11 +80,14 @@ def test_packed_rows_give_the_same_per_token_loss_as_unpacked(conversations):
     assert bins, "the sample should pack at least three conversations into one row"
     pad = int(model.tokenizer.pad_token_id)
     packed = collate_sft([[data[i] for i in b] for b in bins], pad_id=pad)
-    assert "attention_mask" in packed
+    assert "document_ids" in packed
     model.model.eval()
     with torch.no_grad():
         packed_loss = model.model(
-            packed["tokens"], packed["position_ids"], packed["attention_mask"], labels=packed["labels"]
+            packed["tokens"],
+            packed["position_ids"],
+            labels=packed["labels"],
+            **attention_inputs(model.model, packed["document_ids"]),
         )
         for row, members in enumerate(bins):
             at = 0
