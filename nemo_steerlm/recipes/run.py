@@ -112,12 +112,12 @@ def _run_one(stage: str, cfg: DictConfig, root: Path, wiring: list[str]) -> dict
 
 
 def with_bootstrap(stages: list[str]) -> list[str]:
-    """``stages`` with one bootstrap round (:data:`BOOTSTRAP_STAGES`) after ``train_sft``, where it is not yet."""
+    """``stages`` with one bootstrap round (:data:`BOOTSTRAP_STAGES`, once, in order) right after ``train_sft``."""
     if "train_sft" not in stages:
         raise UserError("bootstrap=true needs the train_sft stage in stages")
-    missing = [s for s in BOOTSTRAP_STAGES if s not in stages]
-    at = stages.index("train_sft") + 1
-    return stages[:at] + missing + stages[at:]
+    rest = [s for s in stages if s not in BOOTSTRAP_STAGES]
+    at = rest.index("train_sft") + 1
+    return [*rest[:at], *BOOTSTRAP_STAGES, *rest[at:]]
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
