@@ -75,6 +75,11 @@ def test_report_has_every_section_and_its_numbers_come_from_results(chain: tuple
     assert cov["values"]["complexity"] == {"2": sum("complexity:2" in r["label"] for r in rows)}
     assert sum(cov["values"]["verbosity"].values()) == len(rows)  # every turn has one of the levels 0..4
     assert "Label coverage, labelled training turns" in report
+    # the conditioning diagnostic, on the prompts of the annotated file that carry differently labelled responses
+    cond = results["conditioning"]
+    assert cond["file"] == str(annotated) and 0 < cond["groups"] <= 32
+    assert 0.0 < cond["chance"] < 1.0 and cond["correct"] <= cond["selections"]
+    assert "## Conditioning (does the model listen to its labels?)" in report
     tqa = results["truthfulqa"]
     assert tqa["n"] == 24 and 0.0 <= tqa["mc1"] <= 1.0 and 0.0 <= tqa["mc2"] <= 1.0
     assert results["perplexity"]["perplexity"] > 1.0
