@@ -150,13 +150,20 @@ class PromptPolicy:
         start = keep_from(len(ids) + max_new_tokens, first_response, self.seq_length, self.max_context_tokens)
         return ids[start:], start > 0
 
-    def check_budget(self, label_tokens: int, max_new_tokens: int) -> None:
+    def check_budget(self, label_tokens: int, max_new_tokens: int, earlier_answers: bool = False) -> None:
         """Refuses a budget that leaves no room for the label block and :data:`MIN_PROMPT_TOKENS` of conversation.
+
+        Args:
+            label_tokens: tokens of the final assistant header and label line.
+            max_new_tokens: the generation budget.
+            earlier_answers: the prompt holds an assistant answer before its final label block; training does not
+                count the tokens after a first answer against ``max_context_tokens``, so only ``seq_length`` bounds
+                the final label block then.
 
         Raises:
             UserError: naming ``sampling.max_new_tokens`` and the model's ``seq_length`` / ``max_context_tokens``.
         """
-        room = self.prompt_limit(max_new_tokens)
+        room = max(self.seq_length - max_new_tokens, 0) if earlier_answers else self.prompt_limit(max_new_tokens)
         if room < label_tokens + MIN_PROMPT_TOKENS:
             raise UserError(
                 f"sampling.max_new_tokens={max_new_tokens} leaves {room} prompt tokens (model seq_length="
@@ -181,6 +188,8 @@ def encode_prompt(
     text, first_answer = render_prompt_marked(conv, label)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-    policy.check_budget(len(ids) - first_token_at(offsets, final_response_start(text)), max_new_tokens)
-    kept, truncated = policy.cut_prompt(ids, first_token_at(offsets, first_answer), max_new_tokens)
+    first_response = first_token_at(offsets, first_answer)
+    label_tokens = len(ids) - first_token_at(offsets, final_response_start(text))
+    policy.check_budget(label_tokens, max_new_tokens, earlier_answers=first_response < len(ids))
+    kept, truncated = policy.cut_prompt(ids, first_response, max_new_tokens)
     return Encoded(kept, None, truncated)

@@ -151,8 +151,10 @@ def test_model_card_and_summary(exports):
     sft_card = (exports["sft_out"] / "README.md").read_text()
     assert "stop_strings" in sft_card and "sft.nemo" in sft_card
     # the prompt policy the SFT was trained with: its own max_context_tokens, not a generic number
-    cap = json.loads((exports["sft_out"] / "steerlm.json").read_text())["prompt_policy"]["max_context_tokens"]
-    assert f"cut its token ids to the last {cap}" in sft_card and "How much of a prompt" not in card
+    policy = json.loads((exports["sft_out"] / "steerlm.json").read_text())["prompt_policy"]
+    assert policy["max_context_tokens"] == 0 and policy["seq_length"] > 0  # imported from HF: no cap is known
+    assert f"Training kept whole conversations up to {policy['seq_length']} tokens" in sft_card
+    assert "How much of a prompt" not in card
     assert exports["sft_summary"]["model_dir"] == str(exports["sft_out"])
     assert exports["sft_summary"]["stop_strings"] == [TURN_MARKER]
 
@@ -174,6 +176,15 @@ print(json.dumps({"version": transformers.__version__, "rope_theta": model.confi
                   "tokenizer": type(tok).__name__, "stop_strings": gen.stop_strings, "logits": logits.tolist(),
                   "scores": scores.tolist(), "apm_tokenizer": type(atok).__name__, "labels": labels}))
 """
+
+
+def test_model_card_tells_how_to_cut_a_prompt_under_a_context_cap():
+    from nemo_steerlm.data.tokenization import PromptPolicy
+    from nemo_steerlm.interop.model_card import _reading
+
+    text = _reading(PromptPolicy(seq_length=512, max_context_tokens=64))
+    assert "at most 64 tokens before each first answer" in text and "cut its token ids to the last 64" in text
+    assert "512 minus `max_new_tokens`" in text
 
 
 def test_exports_load_identically_with_the_floor_transformers(exports):
