@@ -131,10 +131,19 @@ class MegatronBatchSampler(Sampler[list[int]]):
         self.num_samples, self.global_batch_size = num_samples, global_batch_size
         self.dp_rank, self.dp_size, self.drop_last = dp_rank, dp_size, drop_last
         self.sampler = EpochShuffle(num_samples, shuffle, seed)
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch's shuffle."""
         self.sampler.set_epoch(epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Makes the next pass over ``epoch`` start after its first ``batches_done`` batches (once).
+
+        A run resumed from a mid-epoch checkpoint then trains on exactly the batches an uninterrupted run would
+        have: the rest of the interrupted epoch's order, none twice.
+        """
+        self._resume = (epoch, batches_done) if batches_done > 0 else None
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.global_batch_size)
@@ -142,7 +151,10 @@ class MegatronBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(self.sampler)
-        for step in range(len(self)):
+        first = 0
+        if self._resume is not None and self._resume[0] == self.sampler.epoch:
+            first, self._resume = self._resume[1], None
+        for step in range(first, len(self)):
             batch = order[step * self.global_batch_size : (step + 1) * self.global_batch_size]
             share = -(-len(batch) // self.dp_size)
             yield batch[self.dp_rank * share : (self.dp_rank + 1) * share]

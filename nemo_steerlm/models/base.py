@@ -9,6 +9,7 @@ Subclasses supply the network class, the batches and the loss.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -120,6 +121,7 @@ class MegatronGPTBase(ModelPT):
         )
         self.automatic_optimization = False
         self._ddp_chunks: list[torch.nn.Module] = []
+        self._train_batches: MegatronBatchSampler | None = None  # the training loader's, to resume mid-epoch
         self.last_step: StepResult | None = None
 
     # --- the attributes training saw ---------------------------------------------------------------------------
@@ -224,7 +226,22 @@ class MegatronGPTBase(ModelPT):
             seed=int(self._cfg.seed),
             drop_last=train,
         )
+        if train:
+            self._train_batches = sampler
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+
+    def on_train_start(self) -> None:
+        """After a mid-epoch resume, continues the restored epoch's batch order where the checkpoint left it.
+
+        Lightning restores the step, the epoch and how many of the epoch's batches were done, and ends the epoch
+        after the remaining ones, but iterates a map-style loader from its first batch; the sampler skips those
+        done instead, so no batch is trained twice and none is missed.
+        """
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if self._train_batches is not None and done > 0:
+            self._train_batches.resume_at(self.trainer.current_epoch, done)
+            # Lightning's warning that a mid-epoch resume of a map-style loader is inexact no longer applies
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def configure_optimizers(self) -> MegatronOptimizerAdapter:
         """Wraps the model in megatron DDP and builds megatron's optimizer and cosine schedule."""

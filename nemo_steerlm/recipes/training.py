@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.data.prepare import prepare
-from nemo_steerlm.errors import MissingInputError
+from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.strategy import MegatronStrategy
 from nemo_steerlm.recipes.common import LAUNCHER_RANK_VARS, rank_zero_makes, schema_from_cfg
@@ -105,18 +106,43 @@ def init_weights(model: Any, init_from: Any) -> None:
 
 
 def resume_checkpoint(trainer: Trainer) -> str | None:
-    """The checkpoint to resume from: the newest of exp_manager's ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt``.
+    """The checkpoint to resume from: the newest intact one of the run's log folder.
 
-    On a requeued SLURM job Lightning saved ``hpc_ckpt_N.ckpt`` in the log folder when the pre-walltime signal came;
-    exp_manager moves earlier files of the log folder into ``run_K/`` sub-folders before Lightning looks for them, so
-    the newest one is found here and given to ``trainer.fit`` explicitly.
+    Candidates are exp_manager's ``last.ckpt`` (``trainer.ckpt_path``), the other checkpoints it kept, and
+    Lightning's SLURM ``hpc_ckpt_N.ckpt``: on a requeued SLURM job Lightning saved one in the log folder when the
+    pre-walltime signal came, and exp_manager moves earlier files of the log folder into ``run_K/`` sub-folders before
+    Lightning looks for them, so the newest is found here and given to ``trainer.fit`` explicitly. A checkpoint cut
+    short (a full disk, a kill while writing) is passed over with a warning naming it.
+
+    Raises:
+        DamagedCheckpointError: every checkpoint found is damaged (resuming from none would silently start over).
     """
     log_dir = Path(str(trainer.default_root_dir))
-    candidates = [p for p in log_dir.rglob("hpc_ckpt_*.ckpt") if p.is_file()]
-    if trainer.ckpt_path:
-        candidates.append(Path(str(trainer.ckpt_path)))
-    candidates = [p for p in candidates if p.exists()]
-    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+    candidates = {p for p in log_dir.rglob("*.ckpt") if p.is_file()}
+    if trainer.ckpt_path and Path(str(trainer.ckpt_path)).is_file():
+        candidates.add(Path(str(trainer.ckpt_path)))
+    damaged = []
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        if checkpoint_is_intact(path):
+            for bad in damaged:
+                print(f"nemo-steerlm: warning: {bad} is damaged (cut short?); resuming from the older {path}")
+            return str(path)
+        damaged.append(path)
+    if damaged:
+        raise DamagedCheckpointError(
+            f"{damaged[0]}: damaged checkpoint (cut short?), and no intact one to resume from in {log_dir}: "
+            "delete the damaged file(s) or rerun with overwrite=true to start over"
+        )
+    return None
+
+
+def checkpoint_is_intact(path: Path) -> bool:
+    """Whether a Lightning checkpoint (a ``torch.save`` zip archive) is whole: its zip directory, at the end, reads."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def resolve_training_files(cfg: DictConfig, output_dir: Path, kind: str) -> tuple[Path, Path | None]:

@@ -62,3 +62,16 @@ def test_every_epoch_draws_a_new_batch_and_every_sample_is_trained() -> None:
 
 def test_without_shuffle_the_order_is_the_input_order() -> None:
     assert _fit(2, shuffle=False) == [list(range(8))] * 2
+
+
+def test_resume_at_continues_the_epoch_order_once() -> None:
+    def batches(s: MegatronBatchSampler, epoch: int) -> list[list[int]]:
+        s.set_epoch(epoch)
+        return list(s)
+
+    full = batches(MegatronBatchSampler(40, 8, 0, 1, shuffle=True, seed=3, drop_last=True), 2)
+    resumed = MegatronBatchSampler(40, 8, 0, 1, shuffle=True, seed=3, drop_last=True)
+    resumed.resume_at(2, 3)
+    assert batches(resumed, 1) == batches(MegatronBatchSampler(40, 8, 0, 1, True, 3, True), 1)  # other epoch: whole
+    assert batches(resumed, 2) == full[3:]  # the interrupted epoch: from its 4th batch on
+    assert batches(resumed, 2) == full  # once only: the next pass over that epoch is whole again
