@@ -6,6 +6,7 @@ the work and returns a JSON-serialisable summary. Recipes are the only modules t
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -227,6 +228,13 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = No
         _fail(stage, f"missing required setting: pass {key}=...")
     except UserError as err:
         _fail(stage, str(err))
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            raise
+        where = err.filename or cfg.output_dir
+        _fail(
+            stage, f"cannot write {where}: {err.strerror} (free space there, or set output_dir= to a folder with room)"
+        )
     elapsed = time.perf_counter() - start
     if not is_global_rank_zero():
         return summary
@@ -239,6 +247,10 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = No
     shown = (summary or {}).get("model_dir", output_dir)
     print(f"nemo-steerlm {stage}: done in {elapsed:.2f}s -> {shown}")
     return summary
+
+
+#: write failures that name the storage, not the program: a full disk or quota, a file size limit, a read-only mount
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _fail(stage: str, message: str) -> None:
