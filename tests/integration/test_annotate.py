@@ -85,11 +85,12 @@ def test_killed_run_resumes_to_identical_bytes(tiny_apm: Path, val_run: Path, tm
     )
     state = out / ".annotate_state"
     deadline = time.time() + 300
-    while len(list(state.glob("chunk_*.jsonl"))) < 3 and proc.poll() is None and time.time() < deadline:
+    # a chunk is committed once its record (chunk_*.json, written after the chunk) exists
+    while len(list(state.glob("chunk_*.json"))) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    committed = sorted(state.glob("chunk_*.jsonl"))
+    committed = sorted(p.with_suffix(".jsonl") for p in state.glob("chunk_*.json"))
     assert 3 <= len(committed) < 22 and not (out / "val.annotated.jsonl").exists()
     # a damaged chunk (its last line cut off, as a full disk or an edit would leave it) must not be reused
     lines = committed[1].read_bytes().splitlines(keepends=True)
