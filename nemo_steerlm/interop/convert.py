@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT, TURN_MARKER, AttributeSchema
+from nemo_steerlm.attributes import TURN_MARKER, AttributeSchema
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.interop.chat_template import steerlm_chat_template
 from nemo_steerlm.interop.hf_llama import (
@@ -36,11 +35,15 @@ from nemo_steerlm.interop.hf_llama import (
     shape_mismatches,
 )
 from nemo_steerlm.interop.model_card import model_card
+from nemo_steerlm.models.checkpoint import (
+    MODEL_CLASSES,
+    load_matching_weights,
+    model_meta,
+    read_nemo_meta,
+    restore_nemo,
+    save_nemo,
+)
 
-MODEL_CLASSES = {
-    "apm": "nemo_steerlm.models.apm.AttributePredictionModel",
-    "sft": "nemo_steerlm.models.sft.SteerLMSFTModel",
-}
 REQUIRED_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -198,8 +201,6 @@ def import_hf(
     """
     from hydra.utils import get_class
 
-    from nemo_steerlm.models.checkpoint import save_nemo
-
     hf_config = read_hf_config(hf_dir)
     cfg = build_model_config(hf_config, model_type, hf_dir, schema or AttributeSchema(), layout, extra)
     model = get_class(str(cfg.target))(cfg=cfg, trainer=None)
@@ -299,30 +300,13 @@ def _check_shape(model: Any, theirs: Any, source: Any) -> None:
 
 
 def _load_nemo_weights(model: Any, path: Path) -> list[str]:
-    """Load the trunk (and a matching regression head) of a ``.nemo`` through megatron's dist_checkpointing."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-
+    """Load the trunk (and a matching regression head) of a ``.nemo`` (see :func:`load_matching_weights`)."""
     from nemo_steerlm.models.base import gpt_config_from
-    from nemo_steerlm.models.checkpoint import WEIGHTS_DIR, load_model_config, read_nemo_meta, unpack_nemo
 
-    read_nemo_meta(path)
-    with tempfile.TemporaryDirectory(prefix="nemo_steerlm_init_") as tmp:
-        unpack_nemo(path, tmp)
-        cfg = load_model_config(path, Path(tmp))
+    def check(cfg: DictConfig) -> None:
         _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)
-        weights = str(Path(tmp) / WEIGHTS_DIR)
-        available = set(dist_checkpointing.load_tensors_metadata(weights))
-        wanted = {}
-        for key, item in model.model.sharded_state_dict().items():
-            if isinstance(item, ShardedTensor) and item.key not in available:
-                continue
-            if "regression_head" in key and not any("regression_head" in k for k in available):
-                continue
-            wanted[key] = item
-        state = dist_checkpointing.load(wanted, weights)
-    result = model.model.load_state_dict(state, strict=False)
-    kept = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+
+    kept = load_matching_weights(model, path, check)
     wrong = [k for k in kept if k not in HEAD_KEYS]
     if wrong:
         raise HFInteropError(f"init weights {path} lack tensors of this model: {wrong[:8]}")
@@ -365,8 +349,6 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     Returns:
         A summary: kind, output folder (``model_dir``), architecture, parameter count, stop settings.
     """
-    from nemo_steerlm.models.checkpoint import read_nemo_meta, restore_nemo
-
     if _world_size() > 1:
         raise UserError("export runs in one process (it restores the model at TP=1): start it without torchrun")
     kind = str(read_nemo_meta(nemo_path)["kind"])
@@ -382,14 +364,8 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     _write_tokenizer(model, kind, out)
     stops = _write_generation_config(model, out) if kind == "sft" else {}
     meta = {
-        "kind": kind,
-        "attributes": list(model.schema.names),
-        "value_range": [model.schema.min_value, model.schema.max_value],
-        "markers": list(MARKERS),
-        "system_prompt": SYSTEM_PROMPT,
-        "labelled_attributes": list(model.labelled_schema.names),
+        **model_meta(model),
         "default_steer_label": model.labelled_schema.steer_label(),
-        "prompt_policy": model.prompt_policy.to_json(),
         "source": str(Path(nemo_path).resolve()),
         **stops,
     }
