@@ -43,6 +43,7 @@ from nemo_steerlm.models.checkpoint import (
     restore_nemo,
     save_nemo,
 )
+from nemo_steerlm.ranks import world_size
 
 REQUIRED_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -131,7 +132,7 @@ def build_model_config(
     )
     tp = int(layout.get("tensor_model_parallel_size", 1))
     pp = int(layout.get("pipeline_model_parallel_size", 1))
-    dp = max(_world_size() // (tp * pp), 1)
+    dp = max(world_size() // (tp * pp), 1)
     cfg: dict[str, Any] = {
         **{k: v for k, v in gpt.__dict__.items() if k != "vocab_size"},
         "tensor_model_parallel_size": tp,
@@ -167,14 +168,6 @@ def build_model_config(
     for key, value in (extra or {}).items():
         OmegaConf.update(conf, key, value, merge=True)
     return conf
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def import_hf(
@@ -349,7 +342,7 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     Returns:
         A summary: kind, output folder (``model_dir``), architecture, parameter count, stop settings.
     """
-    if _world_size() > 1:
+    if world_size() > 1:
         raise UserError("export runs in one process (it restores the model at TP=1): start it without torchrun")
     kind = str(read_nemo_meta(nemo_path)["kind"])
     layout = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,

@@ -8,7 +8,6 @@ Run ``nemo-steerlm annotate model=APM.nemo data=SFT.jsonl output_dir=D [override
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.io import sha256_file, write_json_atomic
+from nemo_steerlm.ranks import world_size
 from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
 
 STATE_DIR = ".annotate_state"
@@ -30,7 +30,7 @@ def output_name(data: Path) -> str:
 
 
 def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return world_size()
 
 
 def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, sh
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     if not bool(cfg.merge_shards):  # a merge needs no model: no torchrun, no NeMo or megatron imports
-        from nemo_steerlm.recipes.training import relaunch_under_torchrun
+        from nemo_steerlm.recipes.common import relaunch_under_torchrun
 
         relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
     run_stage("annotate", cfg, body, job_name(cfg))

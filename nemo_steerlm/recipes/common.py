@@ -21,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
+from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -59,18 +60,8 @@ def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
     return decorate
 
 
-#: the launchers' variables that give a process its global rank (torchrun, SLURM's srun, Open MPI), in that order
-LAUNCHER_RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 #: how long a rank waits for a file that global rank 0 makes (seconds; ``NEMO_STEERLM_RANK_WAIT_S`` overrides)
 RANK_WAIT_S = 1800.0
-
-
-def launcher_rank() -> int:
-    """This process's global rank as its launcher set it (0 for a process that no launcher started)."""
-    for var in LAUNCHER_RANK_VARS:
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -111,14 +102,6 @@ def mistyped_value(cfg: DictConfig, config_name: str) -> str | None:
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, (int, float)):
             return f"{key}={value}: expected {kinds[type(default)]} (the default is {default})"
     return None
-
-
-def is_global_rank_zero() -> bool:
-    """Whether this process is global rank 0 (from torch.distributed if started, else the launcher's variables)."""
-    dist_module = sys.modules.get("torch.distributed")
-    if dist_module is not None and dist_module.is_available() and dist_module.is_initialized():
-        return dist_module.get_rank() == 0
-    return launcher_rank() == 0
 
 
 def rank_zero_makes(marker: Path, make: Callable[[], object], what: str) -> None:
@@ -255,3 +238,19 @@ def _resource(relpath: str) -> str:
 # `${steerlm_resource:tokenizers/steerlm_bpe_4k}` in YAML: a file shipped in the package
 if not OmegaConf.has_resolver("steerlm_resource"):
     OmegaConf.register_new_resolver("steerlm_resource", _resource)
+
+
+def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
+    """Re-executes this stage under ``torchrun`` when ``trainer.devices`` > 1 and no launcher started it.
+
+    On a single node this makes ``nemo-steerlm train-apm trainer.devices=2`` just work; on SLURM the launcher's
+    ``srun`` starts one task per device instead.
+    """
+    devices = int(cfg.trainer.devices)
+    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or started_by_launcher():
+        return
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
+    args += ["-m", module, *sys.argv[1:]]
+    print(f"nemo-steerlm: starting {devices} processes: {' '.join(args[1:])}", flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, args)

@@ -6,7 +6,6 @@ Run ``nemo-steerlm generate model=SFT.nemo data=PROMPTS.jsonl output_dir=D [stee
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +17,16 @@ from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
 from nemo_steerlm.data.io import DataError, dump_json_line, read_jsonl, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.ranks import world_size
 from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
     is_global_rank_zero,
+    relaunch_under_torchrun,
     require_path,
     run_stage,
     stage_app,
     steer_overrides,
 )
-from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 OUTPUT_NAME = "generations.jsonl"
 #: ``label=from_data``: answer each conversation under the label of its own trailing assistant turn
@@ -167,7 +167,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 def _data_parallel_size(cfg: DictConfig) -> int:
     mp = int(cfg.layout.tensor_model_parallel_size) * int(cfg.layout.pipeline_model_parallel_size)
-    return max(int(os.environ.get("WORLD_SIZE", "1")) // mp, 1)
+    return max(world_size() // mp, 1)
 
 
 def _record(index: int, prompt: Prompt, label: str, result: Any) -> str:
