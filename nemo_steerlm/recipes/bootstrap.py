@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from nemo_steerlm.data.io import write_jsonl_atomic
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
+from nemo_steerlm.stages import stage
 
-OUTPUT_NAME = "train.bootstrap.jsonl"
+OUTPUT_NAME = str(stage("bootstrap").produces)
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
