@@ -6,6 +6,7 @@ the work and returns a JSON-serialisable summary. Recipes are the only modules t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -254,3 +255,30 @@ def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
     print(f"nemo-steerlm: starting {devices} processes: {' '.join(args[1:])}", flush=True)
     sys.stdout.flush()
     os.execv(sys.executable, args)
+
+
+def sampling_params(section: DictConfig, key: str) -> Any:
+    """The library's ``SamplingParams`` from a stage's sampling section (the one place that builds it from config).
+
+    Each setting of the section is the field of the same name, as the field's type; fields the section leaves out
+    keep their defaults (``stop_text``, ``use_cache`` where a stage does not offer them).
+
+    Args:
+        section: ``sampling`` of ``generate`` and ``bootstrap``, ``generation`` of ``evaluate``.
+        key: the section's config key, for errors.
+
+    Raises:
+        UserError: a setting that is not a sampling field, or a value out of range (naming the field).
+    """
+    from nemo_steerlm.models.generation import SamplingParams
+
+    fields = {f.name: f.type for f in dataclasses.fields(SamplingParams)}
+    casts = {"int": int, "float": float, "bool": bool, "str": str}
+    values: dict[str, Any] = {}
+    for name, value in OmegaConf.to_container(section, resolve=True).items():  # type: ignore[union-attr]
+        if name not in fields:
+            raise UserError(f"{key}.{name}: unknown sampling setting (known: {', '.join(fields)})")
+        kind = fields[name]
+        cast = casts.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
+        values[name] = value if cast is None or value is None else cast(value)
+    return SamplingParams(**values)

@@ -14,7 +14,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import MissingInputError, UserError
-from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage_app, steer_overrides
+from nemo_steerlm.recipes.common import (
+    accept_steer_overrides,
+    run_stage,
+    sampling_params,
+    stage_app,
+    steer_overrides,
+)
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -60,12 +66,6 @@ def _judge(cfg: DictConfig) -> Any:
     return OpenAIChatJudge(str(cfg.base_url), str(cfg.model), str(cfg.api_key_env))
 
 
-def _sampling(cfg: DictConfig) -> Any:
-    from nemo_steerlm.models.generation import SamplingParams
-
-    return SamplingParams(**OmegaConf.to_container(cfg.generation, resolve=True))
-
-
 def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
     """The first ``num_prompts`` prompts of ``steerability.prompts``: held-out SFT prompts or MT-Bench first turns."""
     from nemo_steerlm.attributes import USER_ROLE
@@ -108,7 +108,7 @@ def _sft_sections(
     from nemo_steerlm.inference import runner
 
     results: dict[str, Any] = {}
-    params, label = _sampling(cfg), sft.labelled_schema.steer_label(steer)
+    params, label = sampling_params(cfg.generation, "generation"), sft.labelled_schema.steer_label(steer)
     val = data / "sft" / "val.jsonl" if data is not None else None
     if cfg.steerability.enabled:
         t = time.perf_counter()

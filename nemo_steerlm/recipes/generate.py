@@ -24,6 +24,7 @@ from nemo_steerlm.recipes.common import (
     relaunch_under_torchrun,
     require_path,
     run_stage,
+    sampling_params,
     stage_app,
     steer_overrides,
 )
@@ -109,23 +110,6 @@ def read_prompts(path: Path, schema: AttributeSchema) -> list[Prompt]:
     return out
 
 
-def sampling_params(cfg: DictConfig) -> Any:
-    """The library's SamplingParams from the ``sampling`` section."""
-    from nemo_steerlm.models.generation import SamplingParams
-
-    s = cfg.sampling
-    return SamplingParams(
-        max_new_tokens=int(s.max_new_tokens),
-        greedy=bool(s.greedy),
-        temperature=float(s.temperature),
-        top_k=int(s.top_k),
-        top_p=float(s.top_p),
-        seed=int(s.seed),
-        batch_size=int(s.batch_size),
-        use_cache=bool(s.use_cache),
-    )
-
-
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Generates a response per prompt and writes ``generations.jsonl``."""
     from nemo_steerlm.models.checkpoint import check_kind, restore_nemo
@@ -139,7 +123,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.limit is not None:
         prompts = prompts[: int(cfg.limit)]
     labels = steering_labels(cfg, schema.subset(meta.get("labelled_attributes") or schema.names), prompts, data)
-    params = sampling_params(cfg)
+    params = sampling_params(cfg.sampling, "sampling")
     overrides = {
         "tensor_model_parallel_size": int(cfg.layout.tensor_model_parallel_size),
         "pipeline_model_parallel_size": int(cfg.layout.pipeline_model_parallel_size),
