@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.attributes import TURN_MARKER, AttributeSchema
+from nemo_steerlm.config_files import literal_values, load_conf
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.interop.chat_template import steerlm_chat_template
 from nemo_steerlm.interop.hf_llama import (
@@ -113,7 +114,12 @@ def build_model_config(
     layout: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> DictConfig:
-    """The flat model config (as in ``conf/model/gpt.yaml``) of a model with a Hugging Face model's shape.
+    """The flat model config (the ``model`` section of a stage) of a model with a Hugging Face model's shape.
+
+    The values a stage's YAML writes out come from those files (nothing is copied here): layout and numerics from
+    ``conf/network/gpt.yaml`` with the layout defaults of ``conf/import_hf.yaml``, the optimizer constants (Adam
+    betas, eps, clipping) from ``conf/train_apm.yaml`` or ``conf/train_sft.yaml``. The shape is the Hugging Face
+    model's; learning-rate settings are placeholders (an imported model is not trained by this config).
 
     Args:
         hf_config: the Hugging Face ``config.json`` dict.
@@ -126,21 +132,21 @@ def build_model_config(
     """
     if model_type not in MODEL_CLASSES:
         raise UserError(f"model_type={model_type!r}: choose one of {sorted(MODEL_CLASSES)}")
+    yaml = {**literal_values(load_conf("network/gpt.yaml")), **literal_values(load_conf("import_hf.yaml").model)}
     layout = dict(layout or {})
     gpt = gpt_config_from_hf(
-        hf_config, layout.pop("seq_length", None), int(layout.pop("make_vocab_size_divisible_by", 128))
+        hf_config,
+        layout.pop("seq_length", yaml["seq_length"]),
+        int(layout.pop("make_vocab_size_divisible_by", yaml["make_vocab_size_divisible_by"])),
     )
-    tp = int(layout.get("tensor_model_parallel_size", 1))
-    pp = int(layout.get("pipeline_model_parallel_size", 1))
+    tp = int(layout.get("tensor_model_parallel_size", yaml["tensor_model_parallel_size"]))
+    pp = int(layout.get("pipeline_model_parallel_size", yaml["pipeline_model_parallel_size"]))
     dp = max(world_size() // (tp * pp), 1)
     cfg: dict[str, Any] = {
         **{k: v for k, v in gpt.__dict__.items() if k != "vocab_size"},
         "tensor_model_parallel_size": tp,
         "pipeline_model_parallel_size": pp,
-        "sequence_parallel": False,
-        "params_dtype": "float32",
-        "core_attention": "sdpa",
-        "seed": 1234,
+        **{k: yaml[k] for k in ("sequence_parallel", "params_dtype", "core_attention", "seed")},
         "tokenizer": {"path": str(tokenizer_dir)},
         "attributes": {
             "names": list(schema.names),
@@ -156,9 +162,7 @@ def build_model_config(
             "min_lr": 0.0,
             "warmup_steps": 0,
             "weight_decay": 0.0,
-            "betas": [0.9, 0.98],
-            "eps": 1e-8,
-            "clip_grad": 1.0,
+            **literal_values(load_conf(f"train_{model_type}.yaml").model.optim),  # betas, eps, clip_grad
         },  # fmt: skip
         "data": {"train": None, "validation": None, "packing": False},
         "target": MODEL_CLASSES[model_type],

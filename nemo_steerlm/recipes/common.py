@@ -19,12 +19,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from nemo_steerlm import config_files
 from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(config_files.CONF_DIR)
 
 # numeric defaults that Lightning also accepts as text (``trainer.precision=bf16-mixed``)
 TEXT_ALLOWED = frozenset({"trainer.precision"})
