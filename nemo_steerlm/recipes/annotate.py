@@ -17,8 +17,7 @@ from tqdm import tqdm
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.io import sha256_file, write_json_atomic
-from nemo_steerlm.ranks import world_size
-from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
+from nemo_steerlm.recipes.common import inference_layout, is_global_rank_zero, require_path, run_stage, stage_app
 
 STATE_DIR = ".annotate_state"
 
@@ -29,22 +28,9 @@ def output_name(data: Path) -> str:
     return f"{stem}.annotated.jsonl"
 
 
-def _world() -> int:
-    return world_size()
-
-
 def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
     """Model-config overrides for the requested layout; the global batch is one micro-batch per replica."""
-    tp, pp = int(cfg.layout.tensor_model_parallel_size), int(cfg.layout.pipeline_model_parallel_size)
-    mbs = int(cfg.layout.micro_batch_size)
-    dp = max(_world() // (tp * pp), 1)
-    return {
-        "tensor_model_parallel_size": tp,
-        "pipeline_model_parallel_size": pp,
-        "sequence_parallel": False,
-        "micro_batch_size": mbs,
-        "global_batch_size": mbs * dp,
-    }
+    return inference_layout(cfg.layout, int(cfg.layout.micro_batch_size))
 
 
 def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from nemo_steerlm import config_files
 from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
-from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher
+from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher, world_size
 
 CONF_DIR = str(config_files.CONF_DIR)
 
@@ -283,3 +283,19 @@ def sampling_params(section: DictConfig, key: str) -> Any:
         cast = casts.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
         values[name] = value if cast is None or value is None else cast(value)
     return SamplingParams(**values)
+
+
+def inference_layout(layout: DictConfig, micro_batch_size: int) -> dict[str, Any]:
+    """Model-config overrides that restore a model at the ``layout`` section's TP and PP for inference.
+
+    No sequence parallelism; a global batch of one micro-batch per data-parallel replica (world size / TP·PP).
+    """
+    tp, pp = int(layout.tensor_model_parallel_size), int(layout.pipeline_model_parallel_size)
+    dp = max(world_size() // (tp * pp), 1)
+    return {
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "sequence_parallel": False,
+        "micro_batch_size": micro_batch_size,
+        "global_batch_size": micro_batch_size * dp,
+    }

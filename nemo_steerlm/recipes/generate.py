@@ -17,9 +17,9 @@ from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
 from nemo_steerlm.data.io import DataError, dump_json_line, read_jsonl, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.ranks import world_size
 from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
+    inference_layout,
     is_global_rank_zero,
     relaunch_under_torchrun,
     require_path,
@@ -124,14 +124,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         prompts = prompts[: int(cfg.limit)]
     labels = steering_labels(cfg, schema.subset(meta.get("labelled_attributes") or schema.names), prompts, data)
     params = sampling_params(cfg.sampling, "sampling")
-    overrides = {
-        "tensor_model_parallel_size": int(cfg.layout.tensor_model_parallel_size),
-        "pipeline_model_parallel_size": int(cfg.layout.pipeline_model_parallel_size),
-        "sequence_parallel": False,
-        "micro_batch_size": 1,
-        "global_batch_size": _data_parallel_size(cfg),
-    }
-    model = restore_nemo(model_path, "sft", overrides)
+    model = restore_nemo(model_path, "sft", inference_layout(cfg.layout, 1))
     results = generate_full(model, [p.conversation for p in prompts], labels, params)
     lines = [_record(i, *args) for i, args in enumerate(zip(prompts, labels, results, strict=True))]
     target = output_dir / OUTPUT_NAME
@@ -147,11 +140,6 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "mean_response_words": sum(words) / len(words) if words else 0.0,
         "layout": model.model_summary()["layout"],
     }
-
-
-def _data_parallel_size(cfg: DictConfig) -> int:
-    mp = int(cfg.layout.tensor_model_parallel_size) * int(cfg.layout.pipeline_model_parallel_size)
-    return max(world_size() // mp, 1)
 
 
 def _record(index: int, prompt: Prompt, label: str, result: Any) -> str:
