@@ -118,17 +118,27 @@ class ParallelConfig:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
 
 
+#: the published tokenizers' vocabulary sizes (reference only: the stages take the size of the tokenizer they load,
+#: so the preset YAML does not hold them)
+PUBLISHED_VOCAB_SIZES: dict[str, int] = {
+    "smollm2_135m": 49152,
+    "llama2_7b": 32000,
+    "llama2_13b": 32000,
+    "llama2_70b": 32000,
+}
+
+
 class _YamlPresets(Mapping[str, GPTConfig]):
     """The named model shapes, read from ``conf/preset/<name>.yaml`` (``arch``): the YAML is their one source.
 
-    ``vocab_size`` is the published tokenizer's where the preset records one, else 0 (set from the tokenizer at
+    ``vocab_size`` is the published tokenizer's (:data:`PUBLISHED_VOCAB_SIZES`), else 0 (set from the tokenizer at
     run time, as the stages do).
     """
 
     def __getitem__(self, name: str) -> GPTConfig:
         if name not in preset_names():
             raise KeyError(name)
-        return GPTConfig(**{"vocab_size": 0, **preset_arch(name)})
+        return GPTConfig(vocab_size=PUBLISHED_VOCAB_SIZES.get(name, 0), **preset_arch(name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(preset_names())
