@@ -8,39 +8,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-# stage name on the command line -> recipe module
-STAGES: dict[str, str] = {
-    "prepare": "nemo_steerlm.recipes.prepare",
-    "analyze": "nemo_steerlm.recipes.analyze",
-    "train-apm": "nemo_steerlm.recipes.train_apm",
-    "annotate": "nemo_steerlm.recipes.annotate",
-    "train-sft": "nemo_steerlm.recipes.train_sft",
-    "bootstrap": "nemo_steerlm.recipes.bootstrap",
-    "generate": "nemo_steerlm.recipes.generate",
-    "evaluate": "nemo_steerlm.recipes.evaluate",
-    "export": "nemo_steerlm.recipes.export",
-    "import-hf": "nemo_steerlm.recipes.import_hf",
-    "launch": "nemo_steerlm.recipes.launch",
-    "run": "nemo_steerlm.recipes.run",
-    "ablate": "nemo_steerlm.recipes.ablate",
-}
+from nemo_steerlm.stages import STAGES as REGISTRY
 
-USAGE = """usage: nemo-steerlm STAGE [key=value ...]
+# stage name on the command line -> recipe module (from the registry)
+STAGES: dict[str, str] = {s.name: s.module for s in REGISTRY}
+
+USAGE = f"""usage: nemo-steerlm STAGE [key=value ...]
 
 SteerLM with HelpSteer on NeMo + megatron-core. Stages:
-  prepare     HelpSteer/OASST -> SFT + regression JSONL
-  analyze     dataset analysis: label distributions, correlations, length, OLS
-  train-apm   train the attribute prediction model
-  annotate    label SFT data with an attribute model
-  train-sft   attribute-conditioned SFT
-  bootstrap   SFT answers at varied labels, APM-labelled: data for a second SFT
-  generate    steered generation
-  evaluate    APM metrics, steerability, MT-Bench answers, TruthfulQA
-  export      .nemo -> Hugging Face
-  import-hf   Hugging Face -> .nemo
-  launch      submit stages to SLURM
-  run         the whole chain locally
-  ablate      run a baseline and each attributes.drop ablation, compare them
+{chr(10).join(f"  {s.name:<11} {s.summary}" for s in REGISTRY)}
 
 Overrides are Hydra's: nemo-steerlm prepare output_dir=runs/data dataset.val_fraction=0.1
 Show a stage's config: nemo-steerlm STAGE --cfg job

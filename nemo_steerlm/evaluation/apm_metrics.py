@@ -29,6 +29,10 @@ from nemo_steerlm.attributes import MASK_VALUE, MAX_VALUE, MIN_VALUE
 from nemo_steerlm.evaluation._io import new_figure, save_figure
 
 PREDICTORS: tuple[str, ...] = ("model", "mean", "length")
+#: the files an APM evaluation writes into its output folder (see :mod:`nemo_steerlm.inference.apm_eval`)
+METRICS_FILE = "apm_metrics.json"
+PREDICTIONS_FILE = "apm_predictions.jsonl"
+PLOT_FILE = "apm_scatter.png"
 
 
 def _finite_or_none(value: float) -> float | None:

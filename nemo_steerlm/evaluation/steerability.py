@@ -39,6 +39,8 @@ from nemo_steerlm.data.template import Conversation
 from nemo_steerlm.evaluation._io import new_figure, save_figure
 
 MEASURES: tuple[str, ...] = ("words", "tokens", "fk_grade", "apm")
+#: the plot of a sweep, in ``evaluate``'s output folder
+PLOT_FILE = "steerability.png"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT, TURN_MARKER, AttributeSchema
+from nemo_steerlm.attributes import TURN_MARKER, AttributeSchema
+from nemo_steerlm.config_files import literal_values, load_conf
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.interop.chat_template import steerlm_chat_template
 from nemo_steerlm.interop.hf_llama import (
@@ -36,11 +36,16 @@ from nemo_steerlm.interop.hf_llama import (
     shape_mismatches,
 )
 from nemo_steerlm.interop.model_card import model_card
+from nemo_steerlm.models.checkpoint import (
+    MODEL_CLASSES,
+    load_matching_weights,
+    model_meta,
+    read_nemo_meta,
+    restore_nemo,
+    save_nemo,
+)
+from nemo_steerlm.ranks import world_size
 
-MODEL_CLASSES = {
-    "apm": "nemo_steerlm.models.apm.AttributePredictionModel",
-    "sft": "nemo_steerlm.models.sft.SteerLMSFTModel",
-}
 REQUIRED_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -109,7 +114,12 @@ def build_model_config(
     layout: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> DictConfig:
-    """The flat model config (as in ``conf/model/gpt.yaml``) of a model with a Hugging Face model's shape.
+    """The flat model config (the ``model`` section of a stage) of a model with a Hugging Face model's shape.
+
+    The values a stage's YAML writes out come from those files (nothing is copied here): layout and numerics from
+    ``conf/network/gpt.yaml`` with the layout defaults of ``conf/import_hf.yaml``, the optimizer constants (Adam
+    betas, eps, clipping) from ``conf/train_apm.yaml`` or ``conf/train_sft.yaml``. The shape is the Hugging Face
+    model's; learning-rate settings are placeholders (an imported model is not trained by this config).
 
     Args:
         hf_config: the Hugging Face ``config.json`` dict.
@@ -122,21 +132,21 @@ def build_model_config(
     """
     if model_type not in MODEL_CLASSES:
         raise UserError(f"model_type={model_type!r}: choose one of {sorted(MODEL_CLASSES)}")
+    yaml = {**literal_values(load_conf("network/gpt.yaml")), **literal_values(load_conf("import_hf.yaml").model)}
     layout = dict(layout or {})
     gpt = gpt_config_from_hf(
-        hf_config, layout.pop("seq_length", None), int(layout.pop("make_vocab_size_divisible_by", 128))
+        hf_config,
+        layout.pop("seq_length", yaml["seq_length"]),
+        int(layout.pop("make_vocab_size_divisible_by", yaml["make_vocab_size_divisible_by"])),
     )
-    tp = int(layout.get("tensor_model_parallel_size", 1))
-    pp = int(layout.get("pipeline_model_parallel_size", 1))
-    dp = max(_world_size() // (tp * pp), 1)
+    tp = int(layout.get("tensor_model_parallel_size", yaml["tensor_model_parallel_size"]))
+    pp = int(layout.get("pipeline_model_parallel_size", yaml["pipeline_model_parallel_size"]))
+    dp = max(world_size() // (tp * pp), 1)
     cfg: dict[str, Any] = {
         **{k: v for k, v in gpt.__dict__.items() if k != "vocab_size"},
         "tensor_model_parallel_size": tp,
         "pipeline_model_parallel_size": pp,
-        "sequence_parallel": False,
-        "params_dtype": "float32",
-        "core_attention": "sdpa",
-        "seed": 1234,
+        **{k: yaml[k] for k in ("sequence_parallel", "params_dtype", "core_attention", "seed")},
         "tokenizer": {"path": str(tokenizer_dir)},
         "attributes": {
             "names": list(schema.names),
@@ -152,9 +162,7 @@ def build_model_config(
             "min_lr": 0.0,
             "warmup_steps": 0,
             "weight_decay": 0.0,
-            "betas": [0.9, 0.98],
-            "eps": 1e-8,
-            "clip_grad": 1.0,
+            **literal_values(load_conf(f"train_{model_type}.yaml").model.optim),  # betas, eps, clip_grad
         },  # fmt: skip
         "data": {"train": None, "validation": None, "packing": False},
         "target": MODEL_CLASSES[model_type],
@@ -164,14 +172,6 @@ def build_model_config(
     for key, value in (extra or {}).items():
         OmegaConf.update(conf, key, value, merge=True)
     return conf
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def import_hf(
@@ -197,8 +197,6 @@ def import_hf(
         The written archive.
     """
     from hydra.utils import get_class
-
-    from nemo_steerlm.models.checkpoint import save_nemo
 
     hf_config = read_hf_config(hf_dir)
     cfg = build_model_config(hf_config, model_type, hf_dir, schema or AttributeSchema(), layout, extra)
@@ -299,30 +297,13 @@ def _check_shape(model: Any, theirs: Any, source: Any) -> None:
 
 
 def _load_nemo_weights(model: Any, path: Path) -> list[str]:
-    """Load the trunk (and a matching regression head) of a ``.nemo`` through megatron's dist_checkpointing."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-
+    """Load the trunk (and a matching regression head) of a ``.nemo`` (see :func:`load_matching_weights`)."""
     from nemo_steerlm.models.base import gpt_config_from
-    from nemo_steerlm.models.checkpoint import WEIGHTS_DIR, load_model_config, read_nemo_meta, unpack_nemo
 
-    read_nemo_meta(path)
-    with tempfile.TemporaryDirectory(prefix="nemo_steerlm_init_") as tmp:
-        unpack_nemo(path, tmp)
-        cfg = load_model_config(path, Path(tmp))
+    def check(cfg: DictConfig) -> None:
         _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)
-        weights = str(Path(tmp) / WEIGHTS_DIR)
-        available = set(dist_checkpointing.load_tensors_metadata(weights))
-        wanted = {}
-        for key, item in model.model.sharded_state_dict().items():
-            if isinstance(item, ShardedTensor) and item.key not in available:
-                continue
-            if "regression_head" in key and not any("regression_head" in k for k in available):
-                continue
-            wanted[key] = item
-        state = dist_checkpointing.load(wanted, weights)
-    result = model.model.load_state_dict(state, strict=False)
-    kept = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+
+    kept = load_matching_weights(model, path, check)
     wrong = [k for k in kept if k not in HEAD_KEYS]
     if wrong:
         raise HFInteropError(f"init weights {path} lack tensors of this model: {wrong[:8]}")
@@ -365,9 +346,7 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     Returns:
         A summary: kind, output folder (``model_dir``), architecture, parameter count, stop settings.
     """
-    from nemo_steerlm.models.checkpoint import read_nemo_meta, restore_nemo
-
-    if _world_size() > 1:
+    if world_size() > 1:
         raise UserError("export runs in one process (it restores the model at TP=1): start it without torchrun")
     kind = str(read_nemo_meta(nemo_path)["kind"])
     layout = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
@@ -382,14 +361,8 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     _write_tokenizer(model, kind, out)
     stops = _write_generation_config(model, out) if kind == "sft" else {}
     meta = {
-        "kind": kind,
-        "attributes": list(model.schema.names),
-        "value_range": [model.schema.min_value, model.schema.max_value],
-        "markers": list(MARKERS),
-        "system_prompt": SYSTEM_PROMPT,
-        "labelled_attributes": list(model.labelled_schema.names),
+        **model_meta(model),
         "default_steer_label": model.labelled_schema.steer_label(),
-        "prompt_policy": model.prompt_policy.to_json(),
         "source": str(Path(nemo_path).resolve()),
         **stops,
     }

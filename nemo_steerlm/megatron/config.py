@@ -1,4 +1,4 @@
-"""Typed model-shape and parallel-layout configs, the named presets, and the layout checks.
+"""Typed model-shape and parallel-layout configs, the named presets (read from conf/preset/*.yaml), the layout checks.
 
 Library code takes these plain dataclasses; recipes build them from Hydra config. :func:`validate_layout` checks a
 layout against the model shape before anything is allocated and names the config key to change.
@@ -7,9 +7,11 @@ layout against the model shape before anything is allocated and names the config
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from nemo_steerlm.config_files import preset_arch, preset_names
 from nemo_steerlm.errors import UserError
 
 Normalization = Literal["RMSNorm", "LayerNorm"]
@@ -116,62 +118,36 @@ class ParallelConfig:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
 
 
-PRESETS: dict[str, GPTConfig] = {
-    # Llama-style toy for CPU tests; vocab_size is set from the tokenizer at run time.
-    "tiny_cpu": GPTConfig(
-        num_layers=2,
-        hidden_size=128,
-        ffn_hidden_size=344,
-        num_attention_heads=4,
-        num_query_groups=2,
-        vocab_size=0,
-        seq_length=512,
-        make_vocab_size_divisible_by=8,
-    ),
-    "smollm2_135m": GPTConfig(
-        num_layers=30,
-        hidden_size=576,
-        ffn_hidden_size=1536,
-        num_attention_heads=9,
-        num_query_groups=3,
-        vocab_size=49152,
-        seq_length=2048,
-        rotary_base=100000,
-        tie_embeddings=True,
-        layernorm_epsilon=1e-5,
-        init_method_std=0.041666666666666664,
-    ),
-    "llama2_7b": GPTConfig(
-        num_layers=32,
-        hidden_size=4096,
-        ffn_hidden_size=11008,
-        num_attention_heads=32,
-        num_query_groups=32,
-        vocab_size=32000,
-        seq_length=4096,
-        layernorm_epsilon=1e-5,
-    ),
-    "llama2_13b": GPTConfig(
-        num_layers=40,
-        hidden_size=5120,
-        ffn_hidden_size=13824,
-        num_attention_heads=40,
-        num_query_groups=40,
-        vocab_size=32000,
-        seq_length=4096,
-        layernorm_epsilon=1e-5,
-    ),
-    "llama2_70b": GPTConfig(
-        num_layers=80,
-        hidden_size=8192,
-        ffn_hidden_size=28672,
-        num_attention_heads=64,
-        num_query_groups=8,
-        vocab_size=32000,
-        seq_length=4096,
-        layernorm_epsilon=1e-5,
-    ),
+#: the published tokenizers' vocabulary sizes (reference only: the stages take the size of the tokenizer they load,
+#: so the preset YAML does not hold them)
+PUBLISHED_VOCAB_SIZES: dict[str, int] = {
+    "smollm2_135m": 49152,
+    "llama2_7b": 32000,
+    "llama2_13b": 32000,
+    "llama2_70b": 32000,
 }
+
+
+class _YamlPresets(Mapping[str, GPTConfig]):
+    """The named model shapes, read from ``conf/preset/<name>.yaml`` (``arch``): the YAML is their one source.
+
+    ``vocab_size`` is the published tokenizer's (:data:`PUBLISHED_VOCAB_SIZES`), else 0 (set from the tokenizer at
+    run time, as the stages do).
+    """
+
+    def __getitem__(self, name: str) -> GPTConfig:
+        if name not in preset_names():
+            raise KeyError(name)
+        return GPTConfig(vocab_size=PUBLISHED_VOCAB_SIZES.get(name, 0), **preset_arch(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(preset_names())
+
+    def __len__(self) -> int:
+        return len(preset_names())
+
+
+PRESETS: Mapping[str, GPTConfig] = _YamlPresets()
 
 
 def get_preset(name: str) -> GPTConfig:

@@ -19,6 +19,7 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from nemo_steerlm.megatron.adapter import apply_cpu_patches
 from nemo_steerlm.megatron.config import ParallelConfig
+from nemo_steerlm.ranks import is_global_rank_zero  # noqa: F401 - callers use parallel.is_global_rank_zero
 
 
 def default_backend() -> str:
@@ -143,11 +144,6 @@ def is_last_stage() -> bool:
 def last_stage_global_rank() -> int:
     """Global rank of the last pipeline stage in this process's pipeline group."""
     return parallel_state.get_pipeline_model_parallel_last_rank()
-
-
-def is_global_rank_zero() -> bool:
-    """Whether this is global rank 0 (or torch.distributed is not initialised)."""
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def barrier() -> None:

@@ -8,7 +8,6 @@ Subclasses supply the network class, the batches and the loss.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -38,6 +37,7 @@ from nemo_steerlm.megatron.config import GPTConfig, ParallelConfig, validate_lay
 from nemo_steerlm.megatron.step import StepResult, run_step
 from nemo_steerlm.models.checkpoint import SteerLMSaveRestoreConnector
 from nemo_steerlm.models.optim import MegatronOptimizerAdapter
+from nemo_steerlm.ranks import world_size
 
 # NeMo 3 instantiates only classes under allowed prefixes when restoring a checkpoint.
 if "nemo_steerlm." not in nemo_common.ALLOWED_TARGET_PREFIXES:
@@ -69,13 +69,6 @@ def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
         recompute_method=cfg.get("recompute_method"),
         recompute_num_layers=cfg.get("recompute_num_layers"),
     )
-
-
-def world_size() -> int:
-    """Processes in this job (from torch.distributed, or the launcher's environment before it is initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class MegatronGPTBase(ModelPT):

@@ -14,6 +14,11 @@ model trained at TP=2 or PP=2 restores at TP=1 (and back). The archive (an uncom
 
 Saving needs a folder all ranks can reach (the archive's folder): on a cluster, a shared file system.
 
+Everything that knows the archive's layout lives here: :func:`save_nemo`, :func:`restore_nemo` (a whole model),
+:func:`opened_nemo` (an unpacked, verified archive for a caller that wants its config or weights, e.g. ``init_from``),
+:func:`load_matching_weights` (the tensors a built model shares with an archive) and :func:`model_meta` (the
+``steerlm.json`` description of a model, also written next to a Hugging Face export).
+
 Restoring treats the archive as untrusted (see ``docs/reliability.md``): :func:`unpack_nemo` accepts only an
 uncompressed tar whose members stay inside the extraction folder (tarfile's ``data`` filter) and whose sizes add up
 to no more than the archive itself (no tar bomb, no sparse member); it verifies each member against the recorded
@@ -23,6 +28,7 @@ anything outside an allow-list (:mod:`nemo_steerlm.megatron.safe_load`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,11 +36,14 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,7 +58,10 @@ WEIGHTS_DIR = "model_weights"
 TOKENIZER_DIR = "tokenizer"
 META_NAME = "steerlm.json"
 KIND_NAMES = {"apm": "attribute prediction model (train-apm)", "sft": "SteerLM SFT model (train-sft)"}
-MODEL_CLASSES = ("nemo_steerlm.models.apm.AttributePredictionModel", "nemo_steerlm.models.sft.SteerLMSFTModel")
+MODEL_CLASSES = {
+    "apm": "nemo_steerlm.models.apm.AttributePredictionModel",
+    "sft": "nemo_steerlm.models.sft.SteerLMSFTModel",
+}
 CHECKSUM_KEY = "members_sha256"
 log = logging.getLogger(__name__)
 
@@ -91,13 +103,7 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
         (staging / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
         model.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
         meta = {
-            "kind": model.model_kind,
-            "attributes": list(model.schema.names),
-            "labelled_attributes": list(model.labelled_schema.names),
-            "value_range": [model.schema.min_value, model.schema.max_value],
-            "markers": list(MARKERS),
-            "system_prompt": SYSTEM_PROMPT,
-            "prompt_policy": model.prompt_policy.to_json(),
+            **model_meta(model),
             "saved_layout": {
                 "tp": model.parallel_config.tensor_model_parallel_size,
                 "pp": model.parallel_config.pipeline_model_parallel_size,
@@ -119,6 +125,22 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     parallel.barrier()
     return path
+
+
+def model_meta(model: Any) -> dict[str, Any]:
+    """What ``steerlm.json`` says of a model: kind, attribute schema, template markers, system prompt, prompt policy.
+
+    The ``.nemo`` archive records this (plus layout, version and checksums); a Hugging Face export records it too.
+    """
+    return {
+        "kind": model.model_kind,
+        "attributes": list(model.schema.names),
+        "labelled_attributes": list(model.labelled_schema.names),
+        "value_range": [model.schema.min_value, model.schema.max_value],
+        "markers": list(MARKERS),
+        "system_prompt": SYSTEM_PROMPT,
+        "prompt_policy": model.prompt_policy.to_json(),
+    }
 
 
 def read_nemo_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -226,9 +248,58 @@ def load_model_config(path: Path, root: Path) -> DictConfig:
     except Exception as err:  # noqa: BLE001 - yaml and omegaconf raise many types for a damaged file
         raise DamagedCheckpointError(f"model={path}: member {CONFIG_NAME} is missing or unreadable ({err})") from None
     target = OmegaConf.select(cfg, "target") if isinstance(cfg, DictConfig) else None
-    if str(target) not in MODEL_CLASSES:
+    if str(target) not in MODEL_CLASSES.values():
         raise UserError(f"model={path}: {CONFIG_NAME}: class {target!r} is not a nemo-steerlm model")
     return cfg
+
+
+@dataclass(frozen=True)
+class OpenedNemo:
+    """A ``.nemo`` unpacked into a private folder and checked (members, pickles, model class).
+
+    Attributes:
+        path: the archive.
+        root: the folder it is unpacked in (removed when :func:`opened_nemo` exits).
+        meta: its ``steerlm.json``.
+        cfg: its ``model_config.yaml``.
+    """
+
+    path: Path
+    root: Path
+    meta: dict[str, Any]
+    cfg: DictConfig
+
+    @property
+    def weights_dir(self) -> Path:
+        """The megatron distributed checkpoint folder."""
+        return self.root / WEIGHTS_DIR
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The Hugging Face tokenizer folder."""
+        return self.root / TOKENIZER_DIR
+
+
+@contextlib.contextmanager
+def opened_nemo(
+    path: str | os.PathLike[str], expected_kind: str | None = None, prefix: str = "nemo_steerlm_restore_"
+) -> Iterator[OpenedNemo]:
+    """Unpacks an untrusted ``.nemo`` into a private temporary folder (one per rank) and checks it.
+
+    Args:
+        path: the archive (named as given in error messages).
+        expected_kind: ``apm`` or ``sft`` (a clear error otherwise); ``None`` accepts either.
+        prefix: the temporary folder's name prefix.
+    """
+    path = Path(path)
+    if expected_kind is None:
+        read_nemo_meta(path)
+    else:
+        check_kind(path, expected_kind)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        meta = unpack_nemo(path, root)
+        yield OpenedNemo(path, root, meta, load_model_config(path, root))
 
 
 def restore_nemo(
@@ -247,23 +318,48 @@ def restore_nemo(
         overrides: dotted model-config keys to set before building, e.g. ``{"tensor_model_parallel_size": 1}``.
         trainer: a Lightning trainer to attach (to continue training).
     """
-    path = Path(path).resolve()
-    if expected_kind is None:
-        read_nemo_meta(path)
-    else:
-        check_kind(path, expected_kind)
-    with tempfile.TemporaryDirectory(prefix="nemo_steerlm_restore_") as tmp:
-        root = Path(tmp)
-        unpack_nemo(path, root)
-        cfg = load_model_config(path, root)
-        cfg.tokenizer.path = str(root / TOKENIZER_DIR)
+    with opened_nemo(Path(path).resolve(), expected_kind) as nemo:
+        cfg = nemo.cfg
+        cfg.tokenizer.path = str(nemo.tokenizer_dir)
         for key, value in (overrides or {}).items():
             OmegaConf.update(cfg, key, value, merge=False)
         model = get_class(str(cfg.target))(cfg=cfg, trainer=trainer)
-        state = dist_checkpointing.load(model.model.sharded_state_dict(), str(root / WEIGHTS_DIR))
+        state = dist_checkpointing.load(model.model.sharded_state_dict(), str(nemo.weights_dir))
         model.model.load_state_dict(state)
     model.model.eval()
     return model
+
+
+def load_matching_weights(
+    model: Any, path: str | os.PathLike[str], check_config: Callable[[DictConfig], None] | None = None
+) -> list[str]:
+    """Loads into a built model, at its own layout, the tensors it shares with a ``.nemo`` (collective).
+
+    The trunk is loaded; a regression head only when the archive has one (an APM's head into an APM).
+
+    Args:
+        model: a :class:`~nemo_steerlm.models.base.MegatronGPTBase`.
+        path: the archive.
+        check_config: called with the archive's model config before any weight is read (e.g. a shape check).
+
+    Returns:
+        This rank's parameter names that were not loaded (``_extra_state`` entries left out).
+    """
+    with opened_nemo(path, prefix="nemo_steerlm_init_") as nemo:
+        if check_config is not None:
+            check_config(nemo.cfg)
+        weights = str(nemo.weights_dir)
+        available = set(dist_checkpointing.load_tensors_metadata(weights))
+        wanted = {}
+        for key, item in model.model.sharded_state_dict().items():
+            if isinstance(item, ShardedTensor) and item.key not in available:
+                continue
+            if "regression_head" in key and not any("regression_head" in k for k in available):
+                continue
+            wanted[key] = item
+        state = dist_checkpointing.load(wanted, weights)
+    result = model.model.load_state_dict(state, strict=False)
+    return [k for k in result.missing_keys if not k.endswith("_extra_state")]
 
 
 class SteerLMSaveRestoreConnector(SaveRestoreConnector):

@@ -8,7 +8,6 @@ Run ``nemo-steerlm annotate model=APM.nemo data=SFT.jsonl output_dir=D [override
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.io import sha256_file, write_json_atomic
-from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
+from nemo_steerlm.recipes.common import inference_layout, is_global_rank_zero, require_path, run_stage, stage_app
 
 STATE_DIR = ".annotate_state"
 
@@ -29,22 +28,9 @@ def output_name(data: Path) -> str:
     return f"{stem}.annotated.jsonl"
 
 
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
     """Model-config overrides for the requested layout; the global batch is one micro-batch per replica."""
-    tp, pp = int(cfg.layout.tensor_model_parallel_size), int(cfg.layout.pipeline_model_parallel_size)
-    mbs = int(cfg.layout.micro_batch_size)
-    dp = max(_world() // (tp * pp), 1)
-    return {
-        "tensor_model_parallel_size": tp,
-        "pipeline_model_parallel_size": pp,
-        "sequence_parallel": False,
-        "micro_batch_size": mbs,
-        "global_batch_size": mbs * dp,
-    }
+    return inference_layout(cfg.layout, int(cfg.layout.micro_batch_size))
 
 
 def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
@@ -126,7 +112,7 @@ def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, sh
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     if not bool(cfg.merge_shards):  # a merge needs no model: no torchrun, no NeMo or megatron imports
-        from nemo_steerlm.recipes.training import relaunch_under_torchrun
+        from nemo_steerlm.recipes.common import relaunch_under_torchrun
 
         relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
     run_stage("annotate", cfg, body, job_name(cfg))

@@ -14,13 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nemo_steerlm.data.io import write_jsonl_atomic
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, stage_app
+from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, sampling_params, stage_app
+from nemo_steerlm.stages import stage
 
-OUTPUT_NAME = "train.bootstrap.jsonl"
+OUTPUT_NAME = str(stage("bootstrap").produces)
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -28,7 +29,6 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from nemo_steerlm.data.formats import read_sft_jsonl, sft_line
     from nemo_steerlm.models.bootstrap import bootstrap_round
     from nemo_steerlm.models.checkpoint import check_kind, restore_nemo
-    from nemo_steerlm.models.generation import SamplingParams
 
     sft_path = require_path(cfg, "model", "the SteerLM SFT model .nemo to bootstrap from (model=PATH)")
     apm_path = require_path(cfg, "apm", "the attribute prediction model .nemo that labels the answers (apm=PATH)")
@@ -37,7 +37,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     check_kind(apm_path, "apm")
     if int(cfg.samples_per_prompt) < 1:
         raise UserError(f"samples_per_prompt={cfg.samples_per_prompt}: must be at least 1")
-    params = SamplingParams(**OmegaConf.to_container(cfg.sampling, resolve=True))
+    params = sampling_params(cfg.sampling, "sampling")
     sft, apm = restore_nemo(sft_path, "sft"), restore_nemo(apm_path, "apm")
     conversations = read_sft_jsonl(data, sft.schema)
     if cfg.max_prompts is not None:

@@ -6,6 +6,7 @@ the work and returns a JSON-serialisable summary. Recipes are the only modules t
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -19,11 +20,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from nemo_steerlm import config_files
 from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
+from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher, world_size
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(config_files.CONF_DIR)
 
 # numeric defaults that Lightning also accepts as text (``trainer.precision=bf16-mixed``)
 TEXT_ALLOWED = frozenset({"trainer.precision"})
@@ -60,18 +63,8 @@ def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Call
     return decorate
 
 
-#: the launchers' variables that give a process its global rank (torchrun, SLURM's srun, Open MPI), in that order
-LAUNCHER_RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 #: how long a rank waits for a file that global rank 0 makes (seconds; ``NEMO_STEERLM_RANK_WAIT_S`` overrides)
 RANK_WAIT_S = 1800.0
-
-
-def launcher_rank() -> int:
-    """This process's global rank as its launcher set it (0 for a process that no launcher started)."""
-    for var in LAUNCHER_RANK_VARS:
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -112,14 +105,6 @@ def mistyped_value(cfg: DictConfig, config_name: str) -> str | None:
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, (int, float)):
             return f"{key}={value}: expected {kinds[type(default)]} (the default is {default})"
     return None
-
-
-def is_global_rank_zero() -> bool:
-    """Whether this process is global rank 0 (from torch.distributed if started, else the launcher's variables)."""
-    dist_module = sys.modules.get("torch.distributed")
-    if dist_module is not None and dist_module.is_available() and dist_module.is_initialized():
-        return dist_module.get_rank() == 0
-    return launcher_rank() == 0
 
 
 def rank_zero_makes(marker: Path, make: Callable[[], object], what: str) -> None:
@@ -267,3 +252,62 @@ def _resource(relpath: str) -> str:
 # `${steerlm_resource:tokenizers/steerlm_bpe_4k}` in YAML: a file shipped in the package
 if not OmegaConf.has_resolver("steerlm_resource"):
     OmegaConf.register_new_resolver("steerlm_resource", _resource)
+
+
+def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
+    """Re-executes this stage under ``torchrun`` when ``trainer.devices`` > 1 and no launcher started it.
+
+    On a single node this makes ``nemo-steerlm train-apm trainer.devices=2`` just work; on SLURM the launcher's
+    ``srun`` starts one task per device instead.
+    """
+    devices = int(cfg.trainer.devices)
+    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or started_by_launcher():
+        return
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
+    args += ["-m", module, *sys.argv[1:]]
+    print(f"nemo-steerlm: starting {devices} processes: {' '.join(args[1:])}", flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, args)
+
+
+def sampling_params(section: DictConfig, key: str) -> Any:
+    """The library's ``SamplingParams`` from a stage's sampling section (the one place that builds it from config).
+
+    Each setting of the section is the field of the same name, as the field's type; fields the section leaves out
+    keep their defaults (``stop_text``, ``use_cache`` where a stage does not offer them).
+
+    Args:
+        section: ``sampling`` of ``generate`` and ``bootstrap``, ``generation`` of ``evaluate``.
+        key: the section's config key, for errors.
+
+    Raises:
+        UserError: a setting that is not a sampling field, or a value out of range (naming the field).
+    """
+    from nemo_steerlm.models.generation import SamplingParams
+
+    fields = {f.name: f.type for f in dataclasses.fields(SamplingParams)}
+    casts = {"int": int, "float": float, "bool": bool, "str": str}
+    values: dict[str, Any] = {}
+    for name, value in OmegaConf.to_container(section, resolve=True).items():  # type: ignore[union-attr]
+        if name not in fields:
+            raise UserError(f"{key}.{name}: unknown sampling setting (known: {', '.join(fields)})")
+        kind = fields[name]
+        cast = casts.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
+        values[name] = value if cast is None or value is None else cast(value)
+    return SamplingParams(**values)
+
+
+def inference_layout(layout: DictConfig, micro_batch_size: int) -> dict[str, Any]:
+    """Model-config overrides that restore a model at the ``layout`` section's TP and PP for inference.
+
+    No sequence parallelism; a global batch of one micro-batch per data-parallel replica (world size / TP·PP).
+    """
+    tp, pp = int(layout.tensor_model_parallel_size), int(layout.pipeline_model_parallel_size)
+    dp = max(world_size() // (tp * pp), 1)
+    return {
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "sequence_parallel": False,
+        "micro_batch_size": micro_batch_size,
+        "global_batch_size": micro_batch_size * dp,
+    }

@@ -14,7 +14,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import MissingInputError, UserError
-from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage_app, steer_overrides
+from nemo_steerlm.recipes.common import (
+    accept_steer_overrides,
+    run_stage,
+    sampling_params,
+    stage_app,
+    steer_overrides,
+)
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -60,18 +66,13 @@ def _judge(cfg: DictConfig) -> Any:
     return OpenAIChatJudge(str(cfg.base_url), str(cfg.model), str(cfg.api_key_env))
 
 
-def _sampling(cfg: DictConfig) -> Any:
-    from nemo_steerlm.models.generation import SamplingParams
-
-    return SamplingParams(**OmegaConf.to_container(cfg.generation, resolve=True))
-
-
 def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
     """The first ``num_prompts`` prompts of ``steerability.prompts``: held-out SFT prompts or MT-Bench first turns."""
     from nemo_steerlm.attributes import USER_ROLE
     from nemo_steerlm.data.formats import read_sft_jsonl
     from nemo_steerlm.data.template import Conversation, Turn
-    from nemo_steerlm.evaluation import mt_bench, runner
+    from nemo_steerlm.evaluation import mt_bench
+    from nemo_steerlm.inference import runner
 
     n = int(cfg.num_prompts)
     if str(cfg.prompts) == "mt_bench":
@@ -103,10 +104,11 @@ def _sft_sections(
 ) -> dict:
     """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model (``steer``: the checked ``steer.*``)."""
     from nemo_steerlm.data.io import dump_json_line, write_jsonl_atomic
-    from nemo_steerlm.evaluation import runner
+    from nemo_steerlm.evaluation.steerability import PLOT_FILE
+    from nemo_steerlm.inference import runner
 
     results: dict[str, Any] = {}
-    params, label = _sampling(cfg), sft.labelled_schema.steer_label(steer)
+    params, label = sampling_params(cfg.generation, "generation"), sft.labelled_schema.steer_label(steer)
     val = data / "sft" / "val.jsonl" if data is not None else None
     if cfg.steerability.enabled:
         t = time.perf_counter()
@@ -122,7 +124,7 @@ def _sft_sections(
         write_jsonl_atomic(out / "steer_responses.jsonl", (dump_json_line(r) for r in records))
         _warn_unseen(res)
         results["steerability"], timings["steerability"] = res, time.perf_counter() - t
-        results.setdefault("plots", {})["steerability"] = "steerability.png"
+        results.setdefault("plots", {})["steerability"] = PLOT_FILE
     reference = _reference_file(cfg.steerability, data)
     if cfg.conditioning.enabled and reference is not None:
         t = time.perf_counter()
@@ -164,8 +166,9 @@ def stage_timings(run_dir: Path) -> dict[str, float]:
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Runs the configured evaluations and writes ``report.md`` and ``results.json``."""
     from nemo_steerlm.evaluation.analysis import report_section
-    from nemo_steerlm.evaluation.apm_eval import evaluate_apm
+    from nemo_steerlm.evaluation.apm_metrics import PLOT_FILE
     from nemo_steerlm.evaluation.report import package_versions, write_report
+    from nemo_steerlm.inference.apm_eval import evaluate_apm
     from nemo_steerlm.models.checkpoint import restore_nemo
 
     sft_path, apm_path, data = _inputs(cfg)
@@ -181,7 +184,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results["apm"] = evaluate_apm(
             apm, data / "regression" / "val.jsonl", data / "regression" / "train.jsonl", output_dir
         )
-        results.setdefault("plots", {})["apm"] = "apm_scatter.png"
+        results.setdefault("plots", {})["apm"] = PLOT_FILE
         timings["apm_metrics"] = time.perf_counter() - t
     if sft is not None:
         sections = _sft_sections(cfg, sft, apm, data, output_dir, timings, judge, steer)

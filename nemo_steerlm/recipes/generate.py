@@ -6,7 +6,6 @@ Run ``nemo-steerlm generate model=SFT.nemo data=PROMPTS.jsonl output_dir=D [stee
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,15 @@ from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
+    inference_layout,
     is_global_rank_zero,
+    relaunch_under_torchrun,
     require_path,
     run_stage,
+    sampling_params,
     stage_app,
     steer_overrides,
 )
-from nemo_steerlm.recipes.training import relaunch_under_torchrun
 
 OUTPUT_NAME = "generations.jsonl"
 #: ``label=from_data``: answer each conversation under the label of its own trailing assistant turn
@@ -109,23 +110,6 @@ def read_prompts(path: Path, schema: AttributeSchema) -> list[Prompt]:
     return out
 
 
-def sampling_params(cfg: DictConfig) -> Any:
-    """The library's SamplingParams from the ``sampling`` section."""
-    from nemo_steerlm.models.generation import SamplingParams
-
-    s = cfg.sampling
-    return SamplingParams(
-        max_new_tokens=int(s.max_new_tokens),
-        greedy=bool(s.greedy),
-        temperature=float(s.temperature),
-        top_k=int(s.top_k),
-        top_p=float(s.top_p),
-        seed=int(s.seed),
-        batch_size=int(s.batch_size),
-        use_cache=bool(s.use_cache),
-    )
-
-
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Generates a response per prompt and writes ``generations.jsonl``."""
     from nemo_steerlm.models.checkpoint import check_kind, restore_nemo
@@ -139,15 +123,8 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.limit is not None:
         prompts = prompts[: int(cfg.limit)]
     labels = steering_labels(cfg, schema.subset(meta.get("labelled_attributes") or schema.names), prompts, data)
-    params = sampling_params(cfg)
-    overrides = {
-        "tensor_model_parallel_size": int(cfg.layout.tensor_model_parallel_size),
-        "pipeline_model_parallel_size": int(cfg.layout.pipeline_model_parallel_size),
-        "sequence_parallel": False,
-        "micro_batch_size": 1,
-        "global_batch_size": _data_parallel_size(cfg),
-    }
-    model = restore_nemo(model_path, "sft", overrides)
+    params = sampling_params(cfg.sampling, "sampling")
+    model = restore_nemo(model_path, "sft", inference_layout(cfg.layout, 1))
     results = generate_full(model, [p.conversation for p in prompts], labels, params)
     lines = [_record(i, *args) for i, args in enumerate(zip(prompts, labels, results, strict=True))]
     target = output_dir / OUTPUT_NAME
@@ -163,11 +140,6 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "mean_response_words": sum(words) / len(words) if words else 0.0,
         "layout": model.model_summary()["layout"],
     }
-
-
-def _data_parallel_size(cfg: DictConfig) -> int:
-    mp = int(cfg.layout.tensor_model_parallel_size) * int(cfg.layout.pipeline_model_parallel_size)
-    return max(int(os.environ.get("WORLD_SIZE", "1")) // mp, 1)
 
 
 def _record(index: int, prompt: Prompt, label: str, result: Any) -> str:

@@ -64,7 +64,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 @stage_app("import_hf")
 def _app(cfg: DictConfig) -> None:
-    from nemo_steerlm.recipes.training import relaunch_under_torchrun
+    from nemo_steerlm.recipes.common import relaunch_under_torchrun
 
     relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.import_hf")
     run_stage("import-hf", cfg, body)

@@ -25,13 +25,21 @@ from launchers.slurm import client_runner, code_version, write_scripts
 from launchers.spec import flatten_overrides
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import run_stage, stage_app
+from nemo_steerlm.stages import BY_NAME
+from nemo_steerlm.stages import STAGES as REGISTRY
 
 ACTIONS = ("submit", "status", "cancel")
 # stages that load a model: on a GPU cluster each such job asks for GPUs, distributed or not
-MODEL_STAGES = ("train-apm", "train-sft", "annotate", "generate", "evaluate", "import-hf", "export")
-TRAINING_STAGES = ("train-apm", "train-sft")
+MODEL_STAGES = tuple(s.name for s in REGISTRY if s.loads_model)
+TRAINING_STAGES = tuple(s.name for s in REGISTRY if s.trains)
 _STEP_KEYS = {f.name for f in dataclasses.fields(launchers.StepSpec)} - {"name", "layout"}
 _LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "global_batch_size", "micro_batch_size")
+
+
+def config_name(stage_name: str) -> str:
+    """The config a step's stage composes (from the stage registry; an unregistered name is looked up as itself)."""
+    known = BY_NAME.get(stage_name)
+    return known.config if known is not None else stage_name
 
 
 def cluster_from_cfg(c: DictConfig) -> launchers.ClusterSpec:
@@ -55,9 +63,7 @@ def cluster_from_cfg(c: DictConfig) -> launchers.ClusterSpec:
 def _stage_layout(stage: str, overrides: dict[str, str]) -> launchers.Layout | None:
     """The layout the stage will run with: its own config composed with the step's overrides (None: no config)."""
     try:
-        composed = hydra.compose(
-            config_name=stage.replace("-", "_"), overrides=[f"{k}={v}" for k, v in overrides.items()]
-        )
+        composed = hydra.compose(config_name=config_name(stage), overrides=[f"{k}={v}" for k, v in overrides.items()])
     except Exception as err:  # noqa: BLE001 - a stage config not in this version, or an override it rejects
         print(f"nemo-steerlm launch: warning: layout of stage {stage} not checked against its config ({err})")
         return None
@@ -83,7 +89,7 @@ def forwarded_overrides(stage: str) -> dict[str, str]:
 
     if not HydraConfig.initialized():
         return {}
-    groups = stage_groups(stage.replace("-", "_"))
+    groups = stage_groups(config_name(stage))
     out = {}
     for override in HydraConfig.get().overrides.task:
         key, _, value = override.partition("=")

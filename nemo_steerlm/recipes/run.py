@@ -17,19 +17,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import accept_steer_overrides, run_stage, stage_app
+from nemo_steerlm.stages import Stage, stage
 
 FORWARDED_GROUPS = ("preset", "dataset", "attributes")
-#: run's stage keys -> the stage's folder (and summary name), and the recipe module and config it runs
-STAGES: dict[str, tuple[str, str]] = {
-    "prepare": ("prepare", "prepare"),
-    "analyze": ("analyze", "analyze"),
-    "train_apm": ("train-apm", "train_apm"),
-    "annotate": ("annotate", "annotate"),
-    "train_sft": ("train-sft", "train_sft"),
-    "bootstrap": ("bootstrap", "bootstrap"),
-    "train_sft_bootstrap": ("train-sft-bootstrap", "train_sft"),
-    "evaluate": ("evaluate", "evaluate"),
+#: run's steps (``stages=`` keys) -> the registered stage each one runs; a step's key is its stage's config name and
+#: its folder the stage's name, except a second round of a stage, which gets a folder of its own
+STEPS: dict[str, tuple[Stage, str]] = {
+    **{stage(s).config: (stage(s), s) for s in ("prepare", "analyze", "train-apm", "annotate", "train-sft")},
+    "bootstrap": (stage("bootstrap"), "bootstrap"),
+    "train_sft_bootstrap": (stage("train-sft"), "train-sft-bootstrap"),
+    "evaluate": (stage("evaluate"), "evaluate"),
 }
+#: run's step keys -> the step's folder (and summary name), and the config it runs
+STAGES: dict[str, tuple[str, str]] = {key: (folder, s.config) for key, (s, folder) in STEPS.items()}
 STAGE_NAMES = {key: folder for key, (folder, _) in STAGES.items()}
 #: the stages ``bootstrap=true`` adds after ``train_sft``
 BOOTSTRAP_STAGES = ("bootstrap", "train_sft_bootstrap")
@@ -51,9 +51,17 @@ def _forwarded(stage: str) -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in groups]
 
 
+def artefact(root: Path, step: str) -> Path:
+    """Where a step of a run in ``root`` writes its stage's artefact (:attr:`Stage.produces`)."""
+    s, folder = STEPS[step]
+    if s.produces is None:
+        raise ValueError(f"stage {s.name} has no fixed artefact")
+    return root / folder / s.produces
+
+
 def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
     """How each stage is wired to the previous ones."""
-    apm, sft = root / "train-apm" / "apm.nemo", root / "train-sft" / "sft.nemo"
+    apm, sft = artefact(root, "train_apm"), artefact(root, "train_sft")
     prepared = root / "prepare"
     annotated = root / "annotate" / "train.annotated.jsonl"
     if str(cfg.sft_labels) == "annotated":
@@ -63,9 +71,9 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
     else:
         raise UserError(f"sft_labels={cfg.sft_labels}: choose annotated or human")
     final_sft, final_train = sft, sft_train
-    bootstrapped = root / "bootstrap" / "train.bootstrap.jsonl"
+    bootstrapped = artefact(root, "bootstrap")
     if "train_sft_bootstrap" in cfg.stages:
-        final_sft, final_train = root / "train-sft-bootstrap" / "sft.nemo", bootstrapped
+        final_sft, final_train = artefact(root, "train_sft_bootstrap"), bootstrapped
     return {
         "prepare": [],
         "analyze": [f"data={prepared}"],
@@ -106,7 +114,7 @@ def _run_one(stage: str, cfg: DictConfig, root: Path, wiring: list[str]) -> dict
         print(f"nemo-steerlm run: {name} already done ({summary_file}), skipping")
         return json.loads(summary_file.read_text(encoding="utf-8"))
     print(f"nemo-steerlm run: {name} {' '.join(overrides)}", flush=True)
-    module = importlib.import_module(f"nemo_steerlm.recipes.{recipe}")
+    module = importlib.import_module(STEPS[stage][0].module)
     run_stage(name, stage_cfg, module.body)
     return json.loads(summary_file.read_text(encoding="utf-8"))
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from nemo_steerlm.evaluation.apm_eval import evaluate_apm
+from nemo_steerlm.inference.apm_eval import evaluate_apm
 from nemo_steerlm.models.apm import AttributePredictionModel
-from nemo_steerlm.recipes.common import run_stage, stage_app
-from nemo_steerlm.recipes.training import relaunch_under_torchrun, train_and_save, training_summary
+from nemo_steerlm.recipes.common import relaunch_under_torchrun, run_stage, stage_app
+from nemo_steerlm.recipes.training import train_and_save, training_summary
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nemo_steerlm.models.sft import SteerLMSFTModel
-from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
-from nemo_steerlm.recipes.training import relaunch_under_torchrun, train_and_save, training_summary
+from nemo_steerlm.recipes.common import relaunch_under_torchrun, require_path, run_stage, stage_app
+from nemo_steerlm.recipes.training import train_and_save, training_summary
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:

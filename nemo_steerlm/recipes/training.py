@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -15,24 +14,8 @@ from nemo_steerlm.data.prepare import prepare
 from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.strategy import MegatronStrategy
-from nemo_steerlm.recipes.common import LAUNCHER_RANK_VARS, rank_zero_makes, schema_from_cfg
+from nemo_steerlm.recipes.common import rank_zero_makes, schema_from_cfg
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
-
-
-def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
-    """Re-executes this stage under ``torchrun`` when ``trainer.devices`` > 1 and no launcher started it.
-
-    On a single node this makes ``nemo-steerlm train-apm trainer.devices=2`` just work; on SLURM the launcher's
-    ``srun`` starts one task per device instead.
-    """
-    devices = int(cfg.trainer.devices)
-    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or any(k in os.environ for k in LAUNCHER_RANK_VARS):
-        return
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
-    args += ["-m", module, *sys.argv[1:]]
-    print(f"nemo-steerlm: starting {devices} processes: {' '.join(args[1:])}", flush=True)
-    sys.stdout.flush()
-    os.execv(sys.executable, args)
 
 
 def check_layout(cfg: DictConfig) -> int:

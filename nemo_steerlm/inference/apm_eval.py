@@ -1,7 +1,8 @@
 """Evaluate an attribute prediction model on regression JSONL: per-attribute metrics next to the two baselines.
 
-Used by ``train-apm`` (on its validation split) and ``evaluate`` (for any ``apm.nemo``). Writes
-``apm_metrics.json``, ``apm_predictions.jsonl`` and ``apm_scatter.png``; every number is recomputable from the
+Used by ``train-apm`` (on its validation split) and ``evaluate`` (for any ``apm.nemo``). Writes the files named in
+:mod:`nemo_steerlm.evaluation.apm_metrics` (``apm_metrics.json``, ``apm_predictions.jsonl``, ``apm_scatter.png``);
+every number is recomputable from the
 predictions file and the training labels.
 """
 
@@ -16,7 +17,13 @@ import numpy as np
 from nemo_steerlm.data.formats import read_regression_jsonl
 from nemo_steerlm.data.io import write_json_atomic, write_jsonl_atomic
 from nemo_steerlm.data.template import regression_response
-from nemo_steerlm.evaluation.apm_metrics import compute_apm_metrics, plot_apm
+from nemo_steerlm.evaluation.apm_metrics import (
+    METRICS_FILE,
+    PLOT_FILE,
+    PREDICTIONS_FILE,
+    compute_apm_metrics,
+    plot_apm,
+)
 from nemo_steerlm.megatron import parallel
 
 
@@ -51,12 +58,12 @@ def evaluate_apm(model: Any, eval_path: Path, train_path: Path, out_dir: Path) -
     metrics["eval_file"], metrics["train_file"] = str(eval_path), str(train_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(
-        out_dir / "apm_predictions.jsonl",
+        out_dir / PREDICTIONS_FILE,
         (
             json.dumps({"line": i + 1, "prediction": [round(float(v), 6) for v in p], "label": e.label})
             for i, (p, e) in enumerate(zip(preds, evals, strict=True))
         ),
     )
-    write_json_atomic(out_dir / "apm_metrics.json", metrics)
-    plot_apm(preds, targets, names, out_dir / "apm_scatter.png")
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    plot_apm(preds, targets, names, out_dir / PLOT_FILE)
     return metrics

@@ -1,7 +1,8 @@
 """The model-facing side of ``evaluate``: runs the SteerLM SFT model (and the APM) for each evaluation.
 
 Each function takes models and plain settings, calls the model-agnostic metric modules of this package, and
-returns the section of the results dict that :mod:`nemo_steerlm.evaluation.report` renders.
+returns the section of the results dict that :mod:`nemo_steerlm.evaluation.report` renders. (This module runs models,
+so it lives in the inference layer; :mod:`nemo_steerlm.evaluation` stays free of torch and megatron.)
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def run_steerability(
             ref = steerability.data_reference(reference, sft.schema, attribute, values)
             coverage = steerability.label_coverage(reference, sft.schema, sweep_labels[attribute])
             results[attribute]["data_reference"] = {**ref, "coverage": coverage, "file": str(reference_file)}
-    steerability.plot_steerability(results, out_dir / "steerability.png")
+    steerability.plot_steerability(results, out_dir / steerability.PLOT_FILE)
     return results, records
 
 
