@@ -214,12 +214,9 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = No
     except UserError as err:
         _fail(stage, str(err))
     except OSError as err:
-        if err.errno not in _STORAGE_ERRNOS:
+        if err.errno not in _STORAGE_HINTS:
             raise
-        where = err.filename or cfg.output_dir
-        _fail(
-            stage, f"cannot write {where}: {err.strerror} (free space there, or set output_dir= to a folder with room)"
-        )
+        _fail(stage, f"cannot write {err.filename or cfg.output_dir}: {err.strerror} ({_STORAGE_HINTS[err.errno]})")
     elapsed = time.perf_counter() - start
     if not is_global_rank_zero():
         return summary
@@ -234,8 +231,17 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = No
     return summary
 
 
-#: write failures that name the storage, not the program: a full disk or quota, a file size limit, a read-only mount
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_NO_ROOM = "free space there, or set output_dir= to a folder with room"
+_NOT_WRITABLE = "set output_dir= to a folder you can write"
+#: write failures that are the storage's, not the program's: a full disk or quota, a file size limit, a read-only
+#: mount or folder
+_STORAGE_HINTS = {
+    errno.ENOSPC: _NO_ROOM,
+    errno.EDQUOT: _NO_ROOM,
+    errno.EFBIG: _NO_ROOM,
+    errno.EROFS: _NOT_WRITABLE,
+    errno.EACCES: _NOT_WRITABLE,
+}
 
 
 def _fail(stage: str, message: str) -> None:
