@@ -78,6 +78,10 @@ class Conversation:
         """Whether ``turn`` is on the masked (user) side."""
         return turn.role == self.mask
 
+    def key(self) -> tuple:
+        """What makes two conversations the same prompt: the system prompt and every turn's role, text and label."""
+        return (self.system, *((t.role, t.value, t.label) for t in self.turns))
+
 
 def system_header(system: str) -> str:
     r"""``<extra_id_0>System\n{system}\n``."""

@@ -59,7 +59,7 @@ def label_groups(conversations: Sequence[Conversation], max_groups: int) -> tupl
             skipped += 1
             continue
         prompt = Conversation(list(conv.turns[:-1]), conv.system, conv.mask, conv.type)
-        key = (conv.system, *((t.role, t.value, t.label) for t in prompt.turns))
+        key = prompt.key()
         prompts.setdefault(key, prompt)
         by_prompt.setdefault(key, {}).setdefault(last.label, last.value)
     groups = [

@@ -44,7 +44,7 @@ def bootstrap_prompts(conversations: Sequence[Conversation]) -> tuple[list[Conve
             continue
         if conv.turns[-1].label:
             pool.setdefault(conv.turns[-1].label, None)
-        key = (prompt.system, *((t.role, t.value, t.label) for t in prompt.turns))
+        key = prompt.key()
         if key not in seen:
             seen.add(key)
             prompts.append(prompt)
