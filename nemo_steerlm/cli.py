@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "launch": "nemo_steerlm.recipes.launch",
     "run": "nemo_steerlm.recipes.run",
     "ablate": "nemo_steerlm.recipes.ablate",
+    "serve": "nemo_steerlm.recipes.serve",
 }
 
 USAGE = """usage: nemo-steerlm STAGE [key=value ...]
@@ -41,6 +42,7 @@ SteerLM with HelpSteer on NeMo + megatron-core. Stages:
   launch      submit stages to SLURM
   run         the whole chain locally
   ablate      run a baseline and each attributes.drop ablation, compare them
+  serve       OpenAI-compatible HTTP server (steered chat; attribute scoring)
 
 Overrides are Hydra's: nemo-steerlm prepare output_dir=runs/data dataset.val_fraction=0.1
 Show a stage's config: nemo-steerlm STAGE --cfg job
