@@ -19,7 +19,6 @@ from nemo_steerlm.attributes import USER_ROLE, AttributeSchema, LabelError
 from nemo_steerlm.data.io import DataError
 from nemo_steerlm.data.sources import chat_messages_conversation
 from nemo_steerlm.data.template import Conversation, Turn
-from nemo_steerlm.models.generation import prompt_conversation
 
 #: the most choices (``n``) and stop strings one request may ask for
 MAX_CHOICES = 16
@@ -223,7 +222,9 @@ def chat_conversation(body: Mapping[str, Any], schema: AttributeSchema) -> Conve
     if messages[-1].get("role") != "user":
         raise RequestError("the last message must be a user message (the assistant answers it)", "messages")
     placeholder = {"role": "assistant", "content": ""}  # the rules want an answer; it is dropped again
-    return prompt_conversation(_conversation([*messages, placeholder], schema, "messages"))[0]
+    conv = _conversation([*messages, placeholder], schema, "messages")
+    conv.turns.pop()
+    return conv
 
 
 def scored_conversations(body: Mapping[str, Any], schema: AttributeSchema) -> list[Conversation]:
@@ -243,6 +244,28 @@ def scored_conversations(body: Mapping[str, Any], schema: AttributeSchema) -> li
         where = f"conversations[{i}]"
         out.append(_conversation(_messages({where: messages}, where), schema, where))
     return out
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first of ``stops`` it holds, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def settled_text(text: str, stops: tuple[str, ...]) -> str:
+    """The part of a partial decode that later tokens cannot change.
+
+    Cut at the first stop string, minus a tail that could still grow into a stop string, minus trailing replacement
+    characters (the first bytes of a character whose last bytes are still to come).
+    """
+    text, _ = cut_at_stops(text, stops)
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold].rstrip("\ufffd")
 
 
 def completion_conversations(body: Mapping[str, Any]) -> list[Conversation]:

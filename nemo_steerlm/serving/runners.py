@@ -20,34 +20,12 @@ from nemo_steerlm.attributes import TURN_MARKER
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.models.generation import Generation, SamplingParams, encode_prompts, generate_prepared
 from nemo_steerlm.serving.engine import Job
-from nemo_steerlm.serving.protocol import GenerationRequest, RequestError, Sampling
+from nemo_steerlm.serving.protocol import GenerationRequest, RequestError, Sampling, cut_at_stops, settled_text
 
 
 def batch_key(sampling: Sampling) -> tuple[Any, ...]:
     """Requests with equal keys share a generation batch (one sampling setting, one token budget)."""
     return (sampling.max_tokens, sampling.greedy, sampling.temperature, sampling.top_p, sampling.seed)
-
-
-def cut_at_stops(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """``text`` up to the first of ``stops`` it holds, and whether one was found."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
-def settled_text(text: str, stops: tuple[str, ...]) -> str:
-    """The part of a partial decode that later tokens cannot change.
-
-    Cut at the first stop string, minus a tail that could still grow into a stop string, minus trailing replacement
-    characters (the first bytes of a character whose last bytes are still to come).
-    """
-    text, _ = cut_at_stops(text, stops)
-    hold = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                hold = max(hold, k)
-                break
-    return text[: len(text) - hold].rstrip("\ufffd")
 
 
 @dataclass

@@ -71,8 +71,8 @@ def _chat_body(line: dict) -> dict:
     return {"messages": _messages(line)}
 
 
-@pytest.mark.parametrize("steer", [{}, {"verbosity": 0, "complexity": 2}])
-def test_greedy_chat_equals_generate_cli(server: str, tiny_sft: Path, tmp_path: Path, steer: dict) -> None:
+def test_greedy_chat_equals_generate_cli(server: str, tiny_sft: Path, tmp_path: Path) -> None:
+    steer = {"verbosity": 0, "complexity": 2}  # (the default label: test_openai_client_chat_stream_and_models)
     lines = _prompt_file(tiny_sft, tmp_path / "prompts.jsonl")
     args = [f"model={tiny_sft / 'sft.nemo'}", f"data={tmp_path / 'prompts.jsonl'}", f"output_dir={tmp_path / 'gen'}"]
     args += [f"sampling.max_new_tokens={NEW}", "sampling.greedy=true", *[f"steer.{k}={v}" for k, v in steer.items()]]

@@ -1,0 +1,67 @@
+"""The real `nemo-steerlm serve` with a tiny trained attribute model: `/v1/attributes` against the `annotate` CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from steerlm_test_helpers.cli import ok, steerlm
+from steerlm_test_helpers.serve import serve
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tiny_apm: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("serve_apm") / "apm_server"
+    with serve(tiny_apm / "apm.nemo", out, "max_batch=8", "model_name=judge") as url:
+        yield url
+
+
+def _messages(conv: dict) -> list[dict]:
+    out = [{"role": "system", "content": conv["system"]}]
+    return out + [{"role": "user" if t["from"] == "User" else "assistant", "content": t["value"]}
+                  for t in conv["conversations"]]  # fmt: skip
+
+
+def test_scores_are_the_labels_annotate_writes(server: str, tiny_apm: Path, tmp_path: Path) -> None:
+    rows = (tiny_apm / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:4]
+    data = tmp_path / "four.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ok(steerlm("annotate", f"model={tiny_apm / 'apm.nemo'}", f"data={data}", f"output_dir={tmp_path / 'ann'}"))
+    annotated = [json.loads(x) for x in (tmp_path / "ann" / "four.annotated.jsonl").read_text().splitlines()]
+    convs = [json.loads(x) for x in rows]
+    res = httpx.post(f"{server}/v1/attributes", json={"model": "judge", "conversations": [_messages(c) for c in convs]},
+                     timeout=120)  # fmt: skip
+    assert res.status_code == 200, res.text
+    got = res.json()
+    assert got["model"] == "judge" and [d["index"] for d in got["data"]] == [0, 1, 2, 3]
+    for item, want in zip(got["data"], annotated, strict=True):
+        turns = [(i, t["label"]) for i, t in enumerate(want["conversations"]) if t["from"] == "Assistant"]
+        assert [(t["turn"], t["label"]) for t in item["turns"]] == turns
+        for t in item["turns"]:
+            raw = np.array(list(t["attributes"].values()))
+            assert list(t["scores"].values()) == np.round(np.clip(raw, 0, 4)).astype(int).tolist()
+            assert t["label"] == ",".join(f"{k}:{v}" for k, v in t["scores"].items())
+    # one conversation as `messages` gives the same scores as in a batch with others
+    alone = httpx.post(f"{server}/v1/attributes", json={"messages": _messages(convs[2])}, timeout=120).json()
+    assert alone["data"][0]["turns"][0]["scores"] == got["data"][2]["turns"][0]["scores"]
+    np.testing.assert_allclose(
+        list(alone["data"][0]["turns"][0]["attributes"].values()),
+        list(got["data"][2]["turns"][0]["attributes"].values()),
+        atol=1e-5,
+    )
+
+
+def test_scoring_server_refuses_generation_and_bad_input(server: str) -> None:
+    res = httpx.post(f"{server}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert res.status_code == 404 and res.json()["error"]["code"] == "unsupported_endpoint"
+    res = httpx.post(f"{server}/v1/attributes", json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "messages"  # no answer to score
+    res = httpx.post(f"{server}/v1/attributes", content=b"{not json")
+    assert res.status_code == 400 and res.json()["error"]["code"] == "invalid_json"
+    models = httpx.get(f"{server}/v1/models").json()["data"]
+    assert models[0]["id"] == "judge" and models[0]["kind"] == "apm" and models[0]["default_label"] is None
