@@ -24,6 +24,7 @@ STAGES = [
     "import_hf",
     "export",
     "launch",
+    "serve",
 ]
 
 HEADER = """# Configuration reference
