@@ -8,6 +8,7 @@ one-at-a-time answers.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -247,3 +248,17 @@ def test_a_client_that_goes_away_frees_its_slot_and_stops_its_rows(server: str) 
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server}/v1/chat/completions", json=body, timeout=1.0)
     _wait_for(lambda: httpx.get(f"{server}/health").json()["cancelled"] == before["cancelled"] + 2)
+
+
+def test_bad_settings_stop_with_one_line(tiny_sft: Path, tmp_path: Path) -> None:
+    res = steerlm("serve", f"model={tmp_path / 'none.nemo'}", f"output_dir={tmp_path / 'a'}", "port=0")
+    assert res.returncode == 2 and "model=" in res.stderr.strip().splitlines()[-1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        res = steerlm("serve", f"model={tiny_sft / 'sft.nemo'}", f"output_dir={tmp_path / 'b'}", f"port={port}")
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and f"port={port}: cannot listen there" in last, res.stderr[-2000:]
+    res = steerlm("serve", f"model={tiny_sft / 'sft.nemo'}", f"output_dir={tmp_path / 'c'}", "steer.humor=1")
+    assert res.returncode == 2 and "steer.humor=1" in res.stderr.strip().splitlines()[-1]
