@@ -304,11 +304,20 @@ def remove_state(state_dir: Path) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def job_identity(model_path: Path, data_path: Path, chunk_size: int, shard: tuple[int, int]) -> dict[str, Any]:
-    """What a resumed run must share with the interrupted one: model and data bytes, chunking and shard."""
+def job_identity(
+    model_path: Path | None,
+    data_path: Path,
+    chunk_size: int,
+    shard: tuple[int, int],
+    model_sha256: str | None = None,
+) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: model and data bytes, chunking and shard.
+
+    ``model_sha256`` stands for the model file's digest when the model runs elsewhere (a scoring server).
+    """
     return {
         "version": STATE_VERSION,
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256 if model_sha256 is not None else sha256_file(model_path),
         "data_sha256": sha256_file(data_path),
         "chunk_size": chunk_size,
         "shard": list(shard),

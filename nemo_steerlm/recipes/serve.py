@@ -62,7 +62,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Loads the model, serves until stopped, returns the request counts."""
     import uvicorn
 
-    from nemo_steerlm.models.checkpoint import read_nemo_meta, restore_nemo
+    from nemo_steerlm.models.checkpoint import file_sha256, read_nemo_meta, restore_nemo
     from nemo_steerlm.serving.app import ServerInfo, create_app
     from nemo_steerlm.serving.engine import BatchEngine
     from nemo_steerlm.serving.runners import ScoreRunner, SteerRunner
@@ -83,7 +83,10 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     runner = SteerRunner(model, int(cfg.seed)) if kind == "sft" else ScoreRunner(model, int(cfg.max_batch))
     engine = BatchEngine(runner, int(cfg.max_batch), int(cfg.max_pending), float(cfg.batch_wait_ms) / 1000.0)
     name = str(cfg.model_name) if cfg.model_name is not None else model_path.name.removesuffix(".nemo")
-    info = ServerInfo(name, kind, labelled, defaults, int(cfg.default_max_tokens), model.prompt_policy.seq_length)
+    card = {"model_attributes": list(schema.names), "value_range": [schema.min_value, schema.max_value],
+            "sha256": file_sha256(model_path)}  # fmt: skip
+    seq_length = model.prompt_policy.seq_length
+    info = ServerInfo(name, kind, labelled, defaults, int(cfg.default_max_tokens), seq_length, card=card)
 
     def ready() -> None:
         print(f"nemo-steerlm serve: {kind} model {name!r} listening on http://{host}:{port}", flush=True)

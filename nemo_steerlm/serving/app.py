@@ -31,6 +31,7 @@ from nemo_steerlm.serving.protocol import (
     read_sampling,
     resolve_label,
     scored_conversations,
+    scored_texts,
 )
 from nemo_steerlm.serving.runners import GenerationResult, batch_key
 
@@ -50,6 +51,7 @@ class ServerInfo:
         default_max_tokens: ``max_tokens`` of a request that gives none.
         max_tokens_limit: the largest ``max_tokens`` accepted (the model's sequence length).
         created: the Unix time the server started.
+        card: more fields of the model's ``/v1/models`` entry (the checkpoint's digest, all the model's outputs).
     """
 
     model_name: str
@@ -59,6 +61,7 @@ class ServerInfo:
     default_max_tokens: int = 128
     max_tokens_limit: int = 512
     created: int = field(default_factory=lambda: int(time.time()))
+    card: dict[str, Any] = field(default_factory=dict)
 
     @property
     def default_label(self) -> str | None:
@@ -245,10 +248,14 @@ def _attributes_route(engine: BatchEngine, info: ServerInfo) -> Callable[[Reques
             if info.kind != "apm":
                 raise RequestError("this server serves an SFT model: /v1/attributes needs an attribute model", None,
                                    404, "unsupported_endpoint")  # fmt: skip
-            convs = scored_conversations(await _body(request, info), info.schema)
+            body = await _body(request, info)
             waiter = _Waiter(engine)
-            job = waiter.submit("score", convs, len(convs))
-            turns = await waiter.outcome(job, request)
+            if "texts" in body:  # raw outputs of regression texts: what annotate's scorer_url asks for
+                texts = scored_texts(body)
+                raw = await waiter.outcome(waiter.submit("texts", ("texts", texts), len(texts)), request)
+                return JSONResponse({"object": "list", "model": info.model_name, **raw})
+            convs = scored_conversations(body, info.schema)
+            turns = await waiter.outcome(waiter.submit("score", ("conversations", convs), len(convs)), request)
         except RequestError as err:
             return _error(err, {"Retry-After": "1"} if err.status == 503 else None)
         data = [{"index": i, "object": "attributes", "turns": t} for i, t in enumerate(turns)]
@@ -281,6 +288,7 @@ def create_app(engine: BatchEngine, info: ServerInfo, on_ready: Callable[[], Non
     async def models() -> dict[str, Any]:
         card = {"id": info.model_name, "object": "model", "created": info.created, "owned_by": "nemo-steerlm"}
         card.update({"kind": info.kind, "attributes": list(info.schema.names), "default_label": info.default_label})
+        card.update(info.card)
         return {"object": "list", "data": [card]}
 
     @app.get("/health")

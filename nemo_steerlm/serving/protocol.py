@@ -268,6 +268,14 @@ def settled_text(text: str, stops: tuple[str, ...]) -> str:
     return text[: len(text) - hold].rstrip("\ufffd")
 
 
+def scored_texts(body: Mapping[str, Any]) -> list[str]:
+    """The ``texts`` of a raw scoring request: regression texts as annotate renders them (ending ``<extra_id_2>``)."""
+    texts = body.get("texts")
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise RequestError("texts: expected a non-empty list of non-empty strings", "texts")
+    return texts
+
+
 def completion_conversations(body: Mapping[str, Any]) -> list[Conversation]:
     """The conversations of a completion request: each ``prompt`` is one user turn.
 

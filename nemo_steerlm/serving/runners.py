@@ -164,7 +164,10 @@ class SteerRunner:
 
 
 class ScoreRunner:
-    """Runs batches of scoring jobs on an attribute model (payload: a list of conversations).
+    """Runs batches of scoring jobs on an attribute model.
+
+    A job's payload is ``("conversations", [Conversation, ...])`` (each assistant turn scored, annotate's label) or
+    ``("texts", [str, ...])`` (regression texts: the raw outputs, as ``predict_texts`` gives them to annotate).
 
     Args:
         model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel` (single process).
@@ -176,9 +179,12 @@ class ScoreRunner:
 
     def __call__(self, jobs: list[Job]) -> None:
         """Scores every assistant turn of all jobs' conversations in one call; sends each job its turns."""
+        if jobs[0].payload[0] == "texts":
+            self._texts(jobs)
+            return
         from nemo_steerlm.models.annotation import score_turns
 
-        convs = [conv for job in jobs for conv in job.payload]
+        convs = [conv for job in jobs for conv in job.payload[1]]
         scored, _ = score_turns(self.model, convs, self.batch_size)
         written = self.model.labelled_schema
         per_conv: list[list[dict[str, Any]]] = [[] for _ in convs]
@@ -194,5 +200,11 @@ class ScoreRunner:
             )
         start = 0
         for job in jobs:
-            job.send(("done", per_conv[start : start + len(job.payload)]))
-            start += len(job.payload)
+            job.send(("done", per_conv[start : start + len(job.payload[1])]))
+            start += len(job.payload[1])
+
+    def _texts(self, jobs: list[Job]) -> None:
+        """Raw outputs per job (one prediction call each: its count of texts cut to fit is its own)."""
+        for job in jobs:
+            preds, truncated = self.model.predict_texts(list(job.payload[1]), self.batch_size)
+            job.send(("done", {"predictions": preds.tolist(), "truncated": int(truncated)}))

@@ -56,6 +56,21 @@ def test_scores_are_the_labels_annotate_writes(server: str, tiny_apm: Path, tmp_
     )
 
 
+def test_annotate_with_scorer_url_writes_what_the_loaded_model_writes(server: str, tiny_apm: Path, tmp_path: Path):
+    rows = (tiny_apm / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:6]
+    data = tmp_path / "six.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ok(steerlm("annotate", f"model={tiny_apm / 'apm.nemo'}", f"data={data}", f"output_dir={tmp_path / 'local'}"))
+    ok(steerlm("annotate", f"scorer_url={server}", f"data={data}", f"output_dir={tmp_path / 'remote'}", "chunk_size=4",
+               "batch_size=3"))  # fmt: skip
+    local = (tmp_path / "local" / "six.annotated.jsonl").read_bytes()
+    assert (tmp_path / "remote" / "six.annotated.jsonl").read_bytes() == local
+    summary = json.loads((tmp_path / "remote" / "annotate.summary.json").read_text())
+    assert summary["layout"] == {"scorer_url": server, "model": "judge"} and summary["chunks"] == 2
+    res = steerlm("annotate", "scorer_url=http://127.0.0.1:9", f"data={data}", f"output_dir={tmp_path / 'x'}")
+    assert res.returncode == 2 and "scorer_url=http://127.0.0.1:9" in res.stderr.strip().splitlines()[-1]
+
+
 def test_scoring_server_refuses_generation_and_bad_input(server: str) -> None:
     res = httpx.post(f"{server}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
     assert res.status_code == 404 and res.json()["error"]["code"] == "unsupported_endpoint"
