@@ -21,25 +21,38 @@ def server(tiny_apm: Path, tmp_path_factory: pytest.TempPathFactory):
         yield url
 
 
+@pytest.fixture(scope="module")
+def annotated(tiny_apm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six validation conversations (six.jsonl) and what the real `annotate` CLI writes for them (local/)."""
+    folder = tmp_path_factory.mktemp("annotated")
+    rows = (tiny_apm / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:6]
+    (folder / "six.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ok(
+        steerlm(
+            "annotate",
+            f"model={tiny_apm / 'apm.nemo'}",
+            f"data={folder / 'six.jsonl'}",
+            f"output_dir={folder / 'local'}",
+        )
+    )
+    return folder
+
+
 def _messages(conv: dict) -> list[dict]:
     out = [{"role": "system", "content": conv["system"]}]
     return out + [{"role": "user" if t["from"] == "User" else "assistant", "content": t["value"]}
                   for t in conv["conversations"]]  # fmt: skip
 
 
-def test_scores_are_the_labels_annotate_writes(server: str, tiny_apm: Path, tmp_path: Path) -> None:
-    rows = (tiny_apm / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:4]
-    data = tmp_path / "four.jsonl"
-    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    ok(steerlm("annotate", f"model={tiny_apm / 'apm.nemo'}", f"data={data}", f"output_dir={tmp_path / 'ann'}"))
-    annotated = [json.loads(x) for x in (tmp_path / "ann" / "four.annotated.jsonl").read_text().splitlines()]
-    convs = [json.loads(x) for x in rows]
+def test_scores_are_the_labels_annotate_writes(server: str, annotated: Path) -> None:
+    convs = [json.loads(x) for x in (annotated / "six.jsonl").read_text().splitlines()]
+    written = [json.loads(x) for x in (annotated / "local" / "six.annotated.jsonl").read_text().splitlines()]
     res = httpx.post(f"{server}/v1/attributes", json={"model": "judge", "conversations": [_messages(c) for c in convs]},
                      timeout=120)  # fmt: skip
     assert res.status_code == 200, res.text
     got = res.json()
-    assert got["model"] == "judge" and [d["index"] for d in got["data"]] == [0, 1, 2, 3]
-    for item, want in zip(got["data"], annotated, strict=True):
+    assert got["model"] == "judge" and [d["index"] for d in got["data"]] == list(range(6))
+    for item, want in zip(got["data"], written, strict=True):
         turns = [(i, t["label"]) for i, t in enumerate(want["conversations"]) if t["from"] == "Assistant"]
         assert [(t["turn"], t["label"]) for t in item["turns"]] == turns
         for t in item["turns"]:
@@ -56,14 +69,11 @@ def test_scores_are_the_labels_annotate_writes(server: str, tiny_apm: Path, tmp_
     )
 
 
-def test_annotate_with_scorer_url_writes_what_the_loaded_model_writes(server: str, tiny_apm: Path, tmp_path: Path):
-    rows = (tiny_apm / "data" / "sft" / "val.jsonl").read_text(encoding="utf-8").splitlines()[:6]
-    data = tmp_path / "six.jsonl"
-    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    ok(steerlm("annotate", f"model={tiny_apm / 'apm.nemo'}", f"data={data}", f"output_dir={tmp_path / 'local'}"))
+def test_annotate_with_scorer_url_writes_what_the_loaded_model_writes(server: str, annotated: Path, tmp_path: Path):
+    data = annotated / "six.jsonl"
     ok(steerlm("annotate", f"scorer_url={server}", f"data={data}", f"output_dir={tmp_path / 'remote'}", "chunk_size=4",
                "batch_size=3"))  # fmt: skip
-    local = (tmp_path / "local" / "six.annotated.jsonl").read_bytes()
+    local = (annotated / "local" / "six.annotated.jsonl").read_bytes()
     assert (tmp_path / "remote" / "six.annotated.jsonl").read_bytes() == local
     summary = json.loads((tmp_path / "remote" / "annotate.summary.json").read_text())
     assert summary["layout"] == {"scorer_url": server, "model": "judge"} and summary["chunks"] == 2
