@@ -47,7 +47,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train-sft", "nemo_steerlm.recipes.train_sft", "train_sft", "attribute-conditioned SFT",
           produces="sft.nemo", loads_model=True, trains=True),
     Stage("bootstrap", "nemo_steerlm.recipes.bootstrap", "bootstrap",
-          "SFT answers at varied labels, APM-labelled: data for a second SFT", produces="train.bootstrap.jsonl"),
+          "SFT answers at varied labels, APM-labelled: data for a second SFT", produces="train.bootstrap.jsonl",
+          loads_model=True),
     Stage("generate", "nemo_steerlm.recipes.generate", "generate", "steered generation", loads_model=True),
     Stage("evaluate", "nemo_steerlm.recipes.evaluate", "evaluate",
           "APM metrics, steerability, MT-Bench answers, TruthfulQA", loads_model=True),
@@ -57,6 +58,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("run", "nemo_steerlm.recipes.run", "run", "the whole chain locally"),
     Stage("ablate", "nemo_steerlm.recipes.ablate", "ablate",
           "run a baseline and each attributes.drop ablation, compare them"),
+    Stage("serve", "nemo_steerlm.recipes.serve", "serve",
+          "OpenAI-compatible HTTP server (steered chat; attribute scoring)", loads_model=True),
 )  # fmt: skip
 
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

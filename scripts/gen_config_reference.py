@@ -8,23 +8,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from nemo_steerlm.stages import STAGES
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "nemo_steerlm" / "conf"
-STAGES = [
-    "prepare",
-    "analyze",
-    "train_apm",
-    "annotate",
-    "train_sft",
-    "bootstrap",
-    "generate",
-    "evaluate",
-    "run",
-    "ablate",
-    "import_hf",
-    "export",
-    "launch",
-]
 
 HEADER = """# Configuration reference
 
@@ -48,7 +35,7 @@ def section(title: str, path: Path) -> str:
 def render() -> str:
     """The whole reference."""
     out = [HEADER, "\n## Stages\n"]
-    out += [section(f"`{s.replace('_', '-')}`", CONF / f"{s}.yaml") for s in STAGES if (CONF / f"{s}.yaml").exists()]
+    out += [section(f"`{s.name}`", CONF / f"{s.config}.yaml") for s in STAGES]
     out.append("\n## Config groups\n")
     for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
         out += [section(f"{group.name}={f.stem}", f) for f in sorted(group.glob("*.yaml"))]

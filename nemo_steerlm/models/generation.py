@@ -30,7 +30,7 @@ the length-sorted prompts and gather the results, so every rank returns every re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,8 @@ class Generation:
         prompt_ids: the prompt tokens fed to the model (after left truncation).
         token_ids: the generated tokens, up to and including the stop token(s).
         text: the response: the decoded tokens cut before the stop text.
-        stop_reason: ``"stop_text"``, ``"eos"`` or ``"max_new_tokens"``.
+        stop_reason: ``"stop_text"``, ``"eos"``, ``"max_new_tokens"``, or ``"cancelled"`` (a :data:`TokenCallback`
+            stopped it).
         prompt_truncated: whether the prompt was cut from the left to fit the model.
     """
 
@@ -190,11 +191,24 @@ def _broadcast_tokens(chosen: torch.Tensor | None, batch: int) -> torch.Tensor:
 #: tokens decoded per step to look for the stop text (far more than any marker needs)
 STOP_WINDOW = 32
 
+#: ``on_token(index, generation)``, called after each token a prompt gets (``index``: the prompt's position in the
+#: input); returning ``False`` stops that prompt (stop reason ``"cancelled"``, the text decoded so far). A server
+#: streams with it and frees the rows of clients that went away.
+TokenCallback = Callable[[int, "Generation"], bool]
+
 
 class _BatchState:
     """Per-sequence bookkeeping of one batch: tokens so far, stop checks."""
 
-    def __init__(self, prompts: Sequence[list[int]], params: SamplingParams, tokenizer: Any, pad_id: int) -> None:
+    def __init__(
+        self,
+        prompts: Sequence[list[int]],
+        params: SamplingParams,
+        tokenizer: Any,
+        pad_id: int,
+        on_token: TokenCallback | None = None,
+    ) -> None:
+        self.on_token = on_token
         self.lengths = [len(p) for p in prompts]
         self.total = max(self.lengths) + params.max_new_tokens
         self.tokens = torch.full((len(prompts), self.total), pad_id, dtype=torch.long)
@@ -226,6 +240,9 @@ class _BatchState:
             self.done[i] = True
         elif len(result.token_ids) >= self.params.max_new_tokens:
             result.text, self.done[i] = self._decode(result.token_ids), True
+        if self.on_token is not None and not self.on_token(i, result) and not self.done[i]:
+            result.text, result.stop_reason = self._decode(result.token_ids), "cancelled"
+            self.done[i] = True
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -246,6 +263,7 @@ def generate_batch(
     tokenizer: Any,
     vocab_size: int,
     generator: torch.Generator,
+    on_token: TokenCallback | None = None,
 ) -> list[Generation]:
     """Generates continuations of a batch of token-id prompts (call on every rank of the model-parallel group).
 
@@ -256,11 +274,12 @@ def generate_batch(
         tokenizer: decodes continuations for the stop check.
         vocab_size: the tokenizer's vocabulary size (logits of padded vocabulary rows are never chosen).
         generator: the sampling generator (same seed on every rank).
+        on_token: called after each token of a prompt (its index in ``prompts``); see :data:`TokenCallback`.
 
     Returns:
         One :class:`Generation` per prompt, the same on every rank.
     """
-    state = _BatchState(prompts, params, tokenizer, int(tokenizer.pad_token_id))
+    state = _BatchState(prompts, params, tokenizer, int(tokenizer.pad_token_id), on_token)
     module.eval()
     if params.use_cache and isinstance(module, PositionAwareGPTModel):
         with torch.no_grad():
@@ -399,9 +418,17 @@ def generate_ids(
 
 
 def generate_prepared(
-    model: Any, prompts: Sequence[list[int]], truncated: Sequence[bool], params: SamplingParams
+    model: Any,
+    prompts: Sequence[list[int]],
+    truncated: Sequence[bool],
+    params: SamplingParams,
+    on_token: TokenCallback | None = None,
 ) -> list[Generation]:
-    """Generates for prompts already cut to what the model reads (``truncated``: whether each was cut)."""
+    """Generates for prompts already cut to what the model reads (``truncated``: whether each was cut).
+
+    ``on_token`` (single process only: data-parallel replicas would call it for their share) is called with each
+    prompt's index in ``prompts`` after each of its tokens; see :data:`TokenCallback`.
+    """
     if getattr(model.transformer_config, "sequence_parallel", False):
         raise UserError("generation does not run with sequence parallelism: restore with model.sequence_parallel=false")
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
@@ -410,8 +437,9 @@ def generate_prepared(
     results: list[tuple[int, Generation]] = []
     lengths = [len(p) for p in prompts]
     for idx in length_batches(mine, lengths, params.batch_size, max(params.max_new_tokens // 2, 8)):
+        hook = None if on_token is None else (lambda j, gen, idx=idx: on_token(idx[j], gen))
         batch = generate_batch(
-            model.model, [prompts[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator
+            model.model, [prompts[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator, hook
         )
         for i, gen in zip(idx, batch, strict=True):
             gen.prompt_truncated = truncated[i]

@@ -51,19 +51,16 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     data = require_path(cfg, "data", "an SFT JSONL file to label")
     if bool(cfg.merge_shards):
         return merge(cfg, output_dir, data)
-    from nemo_steerlm.models.checkpoint import check_kind
-
-    model_path = require_path(cfg, "model", "an attribute model .nemo made by train-apm (model=PATH)")
-    meta = check_kind(model_path, "apm")
-    schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
+    model, model_path, model_sha256 = _scorer(cfg)
+    schema = model.schema if model is not None else _schema(model_path)
     conversations = read_sft_jsonl(data, schema)  # bad data fails here, before the model loads or anything is written
     num_shards, shard_index = int(cfg.num_shards), int(cfg.shard_index)
     start, end = annotation.shard_range(len(conversations), shard_index, num_shards)
     sharded = num_shards > 1
     state_dir = output_dir / "shards" / f".state_{shard_index:05d}" if sharded else output_dir / STATE_DIR
     target = annotation.shard_file(output_dir / "shards", shard_index) if sharded else output_dir / output_name(data)
-    identity = annotation.job_identity(model_path, data, int(cfg.chunk_size), (shard_index, num_shards))
-    model = _restore(model_path, cfg)
+    identity = annotation.job_identity(model_path, data, int(cfg.chunk_size), (shard_index, num_shards), model_sha256)
+    model = model if model is not None else _restore(model_path, cfg)
     mine = conversations[start:end]
     bar = tqdm(total=len(mine), unit="row", desc="annotate", disable=not (bool(cfg.progress) and is_global_rank_zero()))
     paths, stats = annotation.run_chunks(
@@ -87,6 +84,23 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "shard": {"index": shard_index, "num_shards": num_shards, "start": start, "end": end},
         "layout": model.model_summary()["layout"],
     }
+
+
+def _scorer(cfg: DictConfig) -> tuple[Any, Path | None, str | None]:
+    """``scorer_url``: the running attribute-model server and its checkpoint digest; else the ``model`` path."""
+    if cfg.scorer_url is not None:
+        from nemo_steerlm.serving.client import RemoteScorer
+
+        scorer = RemoteScorer(str(cfg.scorer_url))
+        return scorer, None, scorer.sha256
+    return None, require_path(cfg, "model", "an attribute model .nemo made by train-apm (model=PATH)"), None
+
+
+def _schema(model_path: Path) -> AttributeSchema:
+    from nemo_steerlm.models.checkpoint import check_kind
+
+    meta = check_kind(model_path, "apm")
+    return AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
 
 
 def _restore(model_path: Path, cfg: DictConfig) -> Any:

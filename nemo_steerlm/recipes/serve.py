@@ -1,0 +1,119 @@
+"""Stage ``serve``: an OpenAI-compatible HTTP server for a SteerLM SFT model or an attribute model.
+
+Run ``nemo-steerlm serve model=SFT.nemo port=8000 [steer.verbosity=2 ...]`` or ``python -m nemo_steerlm.recipes.serve
+...``. Prints ``nemo-steerlm serve: listening on http://HOST:PORT`` once it answers; stops on Ctrl-C / SIGTERM and
+then writes ``output_dir/serve.summary.json``. This recipe only turns the config into typed arguments; the server is
+:mod:`nemo_steerlm.serving`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from nemo_steerlm.attributes import DEFAULT_STEER, AttributeSchema
+from nemo_steerlm.errors import UserError
+from nemo_steerlm.recipes.common import (
+    accept_steer_overrides,
+    launcher_rank,
+    require_path,
+    run_stage,
+    stage_app,
+    steer_overrides,
+)
+
+
+def _socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads so that a taken port fails at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        why = err.strerror or err
+        raise UserError(f"host={host} port={port}: cannot listen there ({why}); choose another port") from None
+    sock.listen(128)
+    return sock
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _check(cfg: DictConfig) -> None:
+    if launcher_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("serve runs as one process for now: start it without torchrun / srun (trainer.devices=1)")
+    for key in ("max_batch", "max_pending", "default_max_tokens"):
+        if int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]}: must be at least 1")
+    if float(cfg.batch_wait_ms) < 0:
+        raise UserError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
+
+
+def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Loads the model, serves until stopped, returns the request counts."""
+    import uvicorn
+
+    from nemo_steerlm.models.checkpoint import file_sha256, read_nemo_meta, restore_nemo
+    from nemo_steerlm.serving.app import ServerInfo, create_app
+    from nemo_steerlm.serving.engine import BatchEngine
+    from nemo_steerlm.serving.runners import ScoreRunner, SteerRunner
+
+    _check(cfg)
+    model_path = require_path(cfg, "model", "a SteerLM SFT or attribute model .nemo (model=PATH)")
+    meta = read_nemo_meta(model_path)
+    kind = str(meta.get("kind"))
+    if kind not in ("sft", "apm"):
+        raise UserError(f"model={model_path}: a {kind!r} model cannot be served (an SFT or attribute model .nemo)")
+    schema = AttributeSchema(tuple(meta["attributes"]), *meta["value_range"])
+    labelled = schema.subset(meta.get("labelled_attributes") or schema.names)
+    defaults = {**DEFAULT_STEER, **steer_overrides(cfg.steer, labelled)} if kind == "sft" else {}
+    sock = _socket(str(cfg.host), int(cfg.port))
+    host, port = sock.getsockname()[:2]
+    overrides = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False}
+    model = restore_nemo(model_path, kind, {**overrides, "micro_batch_size": 1, "global_batch_size": 1})
+    runner = SteerRunner(model, int(cfg.seed)) if kind == "sft" else ScoreRunner(model, int(cfg.max_batch))
+    engine = BatchEngine(runner, int(cfg.max_batch), int(cfg.max_pending), float(cfg.batch_wait_ms) / 1000.0)
+    name = str(cfg.model_name) if cfg.model_name is not None else model_path.name.removesuffix(".nemo")
+    card = {"model_attributes": list(schema.names), "value_range": [schema.min_value, schema.max_value],
+            "sha256": file_sha256(model_path)}  # fmt: skip
+    seq_length = model.prompt_policy.seq_length
+    info = ServerInfo(name, kind, labelled, defaults, int(cfg.default_max_tokens), seq_length, card=card)
+
+    def ready() -> None:
+        print(f"nemo-steerlm serve: {kind} model {name!r} listening on http://{host}:{port}", flush=True)
+
+    app = create_app(engine, info, ready)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=str(cfg.log_level), timeout_graceful_shutdown=5))
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn re-raises the signal that stopped it
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return {"model": str(model_path), "kind": kind, "model_name": name, "url": f"http://{host}:{port}",
+            "default_label": info.default_label, **engine.snapshot()}  # fmt: skip
+
+
+@stage_app("serve")
+def _app(cfg: DictConfig) -> None:
+    run_stage("serve", cfg, body)
+
+
+def main() -> None:
+    """Hydra entry point (``model=PATH`` and ``steer.NAME=V`` accepted)."""
+    sys.argv = accept_steer_overrides(sys.argv)
+    _app()
+
+
+if __name__ == "__main__":
+    main()
