@@ -8,7 +8,6 @@ then writes ``output_dir/serve.summary.json``. This recipe only turns the config
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sys
@@ -19,9 +18,9 @@ from omegaconf import DictConfig
 
 from nemo_steerlm.attributes import DEFAULT_STEER, AttributeSchema
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.ranks import launcher_rank, world_size
 from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
-    launcher_rank,
     require_path,
     run_stage,
     stage_app,
@@ -49,7 +48,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _check(cfg: DictConfig) -> None:
-    if launcher_rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launcher_rank() != 0 or world_size() > 1:
         raise UserError("serve runs as one process for now: start it without torchrun / srun (trainer.devices=1)")
     for key in ("max_batch", "max_pending", "default_max_tokens"):
         if int(cfg[key]) < 1:
