@@ -5,10 +5,10 @@ config into the plain specs of :mod:`launchers.spec`; :mod:`launchers.layout` ch
 writes the scripts and :mod:`launchers.slurm` submits, reports and cancels. Guide: ``docs/slurm.md``.
 """
 
-from launchers.layout import check_chain, check_layout
+from launchers.layout import check_chain
 from launchers.render import JobScript, render_chain
 from launchers.slurm import cancel, format_status, load_manifest, status, submit
-from launchers.spec import ChainSpec, ClusterSpec, ContainerSpec, LaunchError, Layout, StepSpec
+from launchers.spec import ChainSpec, ClusterSpec, ContainerSpec, LaunchError, StepSpec
 
 __all__ = [
     "ChainSpec",
@@ -16,11 +16,9 @@ __all__ = [
     "ContainerSpec",
     "JobScript",
     "LaunchError",
-    "Layout",
     "StepSpec",
     "cancel",
     "check_chain",
-    "check_layout",
     "format_status",
     "load_manifest",
     "render_chain",

@@ -1,7 +1,7 @@
-"""Checks a chain before anything is submitted: step names, inputs, and each distributed step's model layout.
+"""Checks a chain before anything is submitted: step names, inputs, node and device counts.
 
-A Megatron job with ``nodes × devices`` processes needs ``TP·PP`` to divide the world size and the global batch to
-be a multiple of ``micro batch × data-parallel size``; finding out after hours in the queue is the expensive way.
+The model layout of each distributed step (``TP·PP`` dividing ``nodes × devices``, the batch sizes, the shape) is
+checked by the ``launch`` recipe with the stages' own check, on the config each job will run with.
 """
 
 from __future__ import annotations
@@ -18,49 +18,6 @@ def devices_per_node(step: StepSpec, cluster: ClusterSpec) -> int:
     if not step.distributed:
         return 1
     return step.devices_per_node if step.devices_per_node is not None else cluster.devices_per_node
-
-
-def check_layout(step: StepSpec, cluster: ClusterSpec) -> None:
-    """Raises :class:`LaunchError` when the step's model layout cannot run on ``nodes × devices_per_node`` devices.
-
-    Args:
-        step: a distributed step with its resolved :class:`~launchers.spec.Layout`.
-        cluster: gives ``devices_per_node`` when the step does not set it.
-    """
-    if not step.distributed or step.layout is None:
-        return
-    lay = step.layout
-    per_node = devices_per_node(step, cluster)
-    world = step.nodes * per_node
-    where = f"step {step.name!r} (launch.steps.{step.name})"
-    devices_key = (
-        f"launch.steps.{step.name}.devices_per_node"
-        if step.devices_per_node is not None
-        else "cluster.devices_per_node"
-    )
-    for key, value in (
-        ("model.tensor_model_parallel_size", lay.tensor_model_parallel_size),
-        ("model.pipeline_model_parallel_size", lay.pipeline_model_parallel_size),
-    ):
-        if value < 1:
-            raise LaunchError(f"{where}: {key}={value} must be at least 1")
-    model_parallel = lay.tensor_model_parallel_size * lay.pipeline_model_parallel_size
-    if world % model_parallel:
-        raise LaunchError(
-            f"{where}: model.tensor_model_parallel_size={lay.tensor_model_parallel_size} × "
-            f"model.pipeline_model_parallel_size={lay.pipeline_model_parallel_size} = {model_parallel} does not divide "
-            f"trainer.num_nodes={step.nodes} × trainer.devices={per_node} = {world} devices "
-            f"(change launch.steps.{step.name}.nodes, {devices_key} or the parallel sizes)"
-        )
-    if lay.global_batch_size is None or lay.micro_batch_size is None:
-        return
-    data_parallel = world // model_parallel
-    if lay.micro_batch_size < 1 or lay.global_batch_size % (lay.micro_batch_size * data_parallel):
-        raise LaunchError(
-            f"{where}: model.global_batch_size={lay.global_batch_size} is not a multiple of "
-            f"model.micro_batch_size={lay.micro_batch_size} × data-parallel size {data_parallel} "
-            f"(= {world} devices / TP·PP {model_parallel}); change model.global_batch_size or model.micro_batch_size"
-        )
 
 
 def check_chain(chain: ChainSpec, cluster: ClusterSpec, for_submit: bool) -> None:
@@ -95,5 +52,4 @@ def check_chain(chain: ChainSpec, cluster: ClusterSpec, for_submit: bool) -> Non
                 f"launch.steps.{step.name}.nodes={step.nodes} but cluster {cluster.name!r} has "
                 f"cluster.max_nodes={cluster.max_nodes}"
             )
-        check_layout(step, cluster)
         seen.add(step.name)

@@ -1,4 +1,4 @@
-"""Plain, typed descriptions of a SLURM cluster, of the steps of a chain, and of a model layout.
+"""Plain, typed descriptions of a SLURM cluster and of the steps of a chain.
 
 The ``launch`` recipe builds these from Hydra config; nothing in :mod:`launchers` reads Hydra config itself, and
 nothing here imports torch, megatron or NeMo (the launcher runs on login nodes without them).
@@ -85,23 +85,6 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """The model-parallel layout of a distributed step (the values its stage will run with).
-
-    Attributes:
-        tensor_model_parallel_size: ``model.tensor_model_parallel_size``.
-        pipeline_model_parallel_size: ``model.pipeline_model_parallel_size``.
-        global_batch_size: ``model.global_batch_size`` (None = not known to the launcher; not checked).
-        micro_batch_size: ``model.micro_batch_size`` (None = not known; not checked).
-    """
-
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    global_batch_size: int | None = None
-    micro_batch_size: int | None = None
-
-
-@dataclass(frozen=True)
 class StepSpec:
     """One stage of a chain; it runs after the previous step succeeded (``afterok``).
 
@@ -117,7 +100,6 @@ class StepSpec:
         shards: run as a job array of this many shards (``shard_index``/``num_shards``) plus a merge job.
         time: walltime (None = the cluster's).
         preemptible: the stage checkpoints on SIGUSR1 and requeues itself (training stages).
-        layout: the model-parallel layout to check (distributed steps; None = unknown).
         gpus_per_node: GPUs of a non-distributed step that runs a model, on a GPU cluster (None = none; a
             distributed step gets one per task).
     """
@@ -132,7 +114,6 @@ class StepSpec:
     shards: int | None = None
     time: str | None = None
     preemptible: bool = False
-    layout: Layout | None = None
     gpus_per_node: int | None = None
 
 

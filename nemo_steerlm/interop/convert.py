@@ -298,7 +298,7 @@ def _check_shape(model: Any, theirs: Any, source: Any) -> None:
 
 def _load_nemo_weights(model: Any, path: Path) -> list[str]:
     """Load the trunk (and a matching regression head) of a ``.nemo`` (see :func:`load_matching_weights`)."""
-    from nemo_steerlm.models.base import gpt_config_from
+    from nemo_steerlm.megatron.config import gpt_config_from
 
     def check(cfg: DictConfig) -> None:
         _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from nemo_steerlm.config_files import preset_arch, preset_names
 from nemo_steerlm.errors import UserError
@@ -178,6 +178,37 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tensor
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
+GPT_FIELDS: tuple[str, ...] = tuple(
+    f for f in GPTConfig.__dataclass_fields__ if f not in ("vocab_size", "rope_scaling_factor")
+)
+
+
+def gpt_config_from(cfg: Mapping[str, Any], vocab_size: int) -> GPTConfig:
+    """The model shape from the flat model config (``model.num_layers``, ``model.hidden_size``, ...).
+
+    The one reader of the shape keys: models, the training recipes and ``launch``'s layout check call it.
+    """
+    # .nemo files from before Llama 3 rope scaling have no rope_scaling_factor: none is the value they were built with
+    factor = cfg.get("rope_scaling_factor")
+    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size, rope_scaling_factor=factor)
+
+
+def parallel_config_from(cfg: Mapping[str, Any]) -> ParallelConfig:
+    """The parallel layout from the model config."""
+    return ParallelConfig(
+        tensor_model_parallel_size=int(cfg["tensor_model_parallel_size"]),
+        pipeline_model_parallel_size=int(cfg["pipeline_model_parallel_size"]),
+        sequence_parallel=bool(cfg["sequence_parallel"]),
+        params_dtype=str(cfg["params_dtype"]),
+        # .nemo files from before this setting have none: the default applies (no weights differ either way)
+        core_attention=str(cfg.get("core_attention", "sdpa")),
+        # and none of the activation recomputation settings (off; it changes no weights either)
+        recompute_granularity=cfg.get("recompute_granularity"),
+        recompute_method=cfg.get("recompute_method"),
+        recompute_num_layers=cfg.get("recompute_num_layers"),
+    )
+
+
 def recompute_problems(parallel: ParallelConfig) -> list[str]:
     """What is wrong with the activation-recomputation settings (megatron's rules, named by config key)."""
     granularity, method, layers = (
@@ -201,16 +232,24 @@ def recompute_problems(parallel: ParallelConfig) -> list[str]:
 
 
 def validate_layout(
-    gpt: GPTConfig, parallel: ParallelConfig, world_size: int, micro_batch_size: int, global_batch_size: int
+    gpt: GPTConfig | None,
+    parallel: ParallelConfig,
+    world_size: int,
+    micro_batch_size: int | None,
+    global_batch_size: int | None,
 ) -> int:
-    """Check that a parallel layout fits the model shape and the batch sizes.
+    """Check that a parallel layout fits the world size, the model shape and the batch sizes.
+
+    The one layout check: training stages call it before any work, the model before it allocates, and ``launch``
+    for each distributed step of a chain before anything is submitted (there the shape or the batch sizes may be
+    unknown: ``None`` skips those checks).
 
     Args:
-        gpt: model shape.
+        gpt: model shape (None: not known, the shape checks are skipped).
         parallel: TP/PP layout.
         world_size: number of processes (``trainer.devices × trainer.num_nodes``).
-        micro_batch_size: sequences per micro-batch per data-parallel rank.
-        global_batch_size: sequences per optimizer step over all data-parallel ranks.
+        micro_batch_size: sequences per micro-batch per data-parallel rank (None: not known).
+        global_batch_size: sequences per optimizer step over all data-parallel ranks (None: not known).
 
     Returns:
         The data-parallel size.
@@ -230,38 +269,36 @@ def validate_layout(
             f"world size {world_size} (`trainer.devices` × `trainer.num_nodes`) is not divisible by "
             f"`model.tensor_model_parallel_size` ({tp}) × `model.pipeline_model_parallel_size` ({pp}) = {tp * pp}"
         )
-    if gpt.num_attention_heads % tp != 0:
-        problems.append(
-            f"`model.num_attention_heads` ({gpt.num_attention_heads}) is not divisible by "
-            f"`model.tensor_model_parallel_size` ({tp})"
-        )
-    if gpt.num_query_groups % tp != 0:
-        problems.append(
-            f"`model.num_query_groups` ({gpt.num_query_groups}) is not divisible by "
-            f"`model.tensor_model_parallel_size` ({tp})"
-        )
+    if gpt is not None:
+        problems += _shape_problems(gpt, tp, pp)
+    if parallel.sequence_parallel and tp == 1:
+        problems.append("`model.sequence_parallel` needs `model.tensor_model_parallel_size` > 1")
+    dp = max(world_size // (tp * pp), 1)
+    if micro_batch_size is not None and global_batch_size is not None:
+        if micro_batch_size < 1 or global_batch_size % (micro_batch_size * dp) != 0:
+            problems.append(
+                f"`model.global_batch_size` ({global_batch_size}) is not divisible by `model.micro_batch_size` "
+                f"({micro_batch_size}) × data-parallel size ({dp} = world size {world_size} / (TP {tp} × PP {pp}))"
+            )
+    if problems:
+        raise ConfigError("invalid parallel layout: " + "; ".join(problems))
+    return dp
+
+
+def _shape_problems(gpt: GPTConfig, tp: int, pp: int) -> list[str]:
+    """What in the model shape the TP/PP sizes cannot split (named by config key)."""
+    problems = []
+    for key, value, by, size in (
+        ("num_attention_heads", gpt.num_attention_heads, "tensor_model_parallel_size", tp),
+        ("num_query_groups", gpt.num_query_groups, "tensor_model_parallel_size", tp),
+        ("ffn_hidden_size", gpt.ffn_hidden_size, "tensor_model_parallel_size", tp),
+        ("num_layers", gpt.num_layers, "pipeline_model_parallel_size", pp),
+    ):
+        if value % size != 0:
+            problems.append(f"`model.{key}` ({value}) is not divisible by `model.{by}` ({size})")
     if gpt.num_attention_heads % gpt.num_query_groups != 0:
         problems.append(
             f"`model.num_attention_heads` ({gpt.num_attention_heads}) is not a multiple of "
             f"`model.num_query_groups` ({gpt.num_query_groups})"
         )
-    if gpt.ffn_hidden_size % tp != 0:
-        problems.append(
-            f"`model.ffn_hidden_size` ({gpt.ffn_hidden_size}) is not divisible by "
-            f"`model.tensor_model_parallel_size` ({tp})"
-        )
-    if gpt.num_layers % pp != 0:
-        problems.append(
-            f"`model.num_layers` ({gpt.num_layers}) is not divisible by `model.pipeline_model_parallel_size` ({pp})"
-        )
-    if parallel.sequence_parallel and tp == 1:
-        problems.append("`model.sequence_parallel` needs `model.tensor_model_parallel_size` > 1")
-    dp = max(world_size // (tp * pp), 1)
-    if micro_batch_size < 1 or global_batch_size % (micro_batch_size * dp) != 0:
-        problems.append(
-            f"`model.global_batch_size` ({global_batch_size}) is not divisible by `model.micro_batch_size` "
-            f"({micro_batch_size}) × data-parallel size ({dp} = world size {world_size} / (TP {tp} × PP {pp}))"
-        )
-    if problems:
-        raise ConfigError("invalid parallel layout: " + "; ".join(problems))
-    return dp
+    return problems

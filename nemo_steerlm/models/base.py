@@ -33,7 +33,7 @@ from nemo_steerlm.megatron.builder import (
     build_transformer_config,
     wrap_ddp,
 )
-from nemo_steerlm.megatron.config import GPTConfig, ParallelConfig, validate_layout
+from nemo_steerlm.megatron.config import gpt_config_from, parallel_config_from, validate_layout
 from nemo_steerlm.megatron.step import StepResult, run_step
 from nemo_steerlm.models.checkpoint import SteerLMSaveRestoreConnector
 from nemo_steerlm.models.optim import MegatronOptimizerAdapter
@@ -42,33 +42,6 @@ from nemo_steerlm.ranks import world_size
 # NeMo 3 instantiates only classes under allowed prefixes when restoring a checkpoint.
 if "nemo_steerlm." not in nemo_common.ALLOWED_TARGET_PREFIXES:
     nemo_common.ALLOWED_TARGET_PREFIXES.append("nemo_steerlm.")
-
-GPT_FIELDS: tuple[str, ...] = tuple(
-    f for f in GPTConfig.__dataclass_fields__ if f not in ("vocab_size", "rope_scaling_factor")
-)
-
-
-def gpt_config_from(cfg: DictConfig, vocab_size: int) -> GPTConfig:
-    """The model shape from the flat model config (``model.num_layers``, ``model.hidden_size``, ...)."""
-    # .nemo files from before Llama 3 rope scaling have no rope_scaling_factor: none is the value they were built with
-    factor = cfg.get("rope_scaling_factor")
-    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size, rope_scaling_factor=factor)
-
-
-def parallel_config_from(cfg: DictConfig) -> ParallelConfig:
-    """The parallel layout from the model config."""
-    return ParallelConfig(
-        tensor_model_parallel_size=int(cfg.tensor_model_parallel_size),
-        pipeline_model_parallel_size=int(cfg.pipeline_model_parallel_size),
-        sequence_parallel=bool(cfg.sequence_parallel),
-        params_dtype=str(cfg.params_dtype),
-        # .nemo files from before this setting have none: the default applies (no weights differ either way)
-        core_attention=str(cfg.get("core_attention", "sdpa")),
-        # and none of the activation recomputation settings (off; it changes no weights either)
-        recompute_granularity=cfg.get("recompute_granularity"),
-        recompute_method=cfg.get("recompute_method"),
-        recompute_num_layers=cfg.get("recompute_num_layers"),
-    )
 
 
 class MegatronGPTBase(ModelPT):

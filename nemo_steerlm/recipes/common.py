@@ -317,3 +317,34 @@ def inference_layout(layout: DictConfig, micro_batch_size: int) -> dict[str, Any
         "micro_batch_size": micro_batch_size,
         "global_batch_size": micro_batch_size * dp,
     }
+
+
+def check_stage_layout(cfg: DictConfig) -> int:
+    """The parallel layout of a stage config against ``trainer.devices × trainer.num_nodes``; returns the DP size.
+
+    A training config (``model`` holds the shape) gets the whole check: shape, TP/PP and batch sizes. An inference
+    config (``layout.*``; the shape is in the ``.nemo``) gets the TP/PP one. Both through the one
+    :func:`~nemo_steerlm.megatron.config.validate_layout`; the training stages call this before any work, ``launch``
+    for each distributed step before anything is submitted.
+
+    Raises:
+        ConfigError: naming every key that must change.
+    """
+    from nemo_steerlm.megatron.config import ParallelConfig, gpt_config_from, parallel_config_from, validate_layout
+
+    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    model = OmegaConf.select(cfg, "model", default=None)
+    if model is not None and "num_layers" in model:
+        return validate_layout(
+            gpt_config_from(model, vocab_size=1),
+            parallel_config_from(model),
+            world,
+            int(model.micro_batch_size),
+            int(model.global_batch_size),
+        )
+    layout = OmegaConf.select(cfg, "layout", default=None) or {}
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=int(layout.get("tensor_model_parallel_size") or 1),
+        pipeline_model_parallel_size=int(layout.get("pipeline_model_parallel_size") or 1),
+    )
+    return validate_layout(None, parallel, world, None, None)

@@ -24,7 +24,8 @@ from launchers.render import stage_command
 from launchers.slurm import client_runner, code_version, write_scripts
 from launchers.spec import flatten_overrides
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import run_stage, stage_app
+from nemo_steerlm.megatron.config import ConfigError
+from nemo_steerlm.recipes.common import check_stage_layout, run_stage, stage_app
 from nemo_steerlm.stages import BY_NAME
 from nemo_steerlm.stages import STAGES as REGISTRY
 
@@ -32,8 +33,7 @@ ACTIONS = ("submit", "status", "cancel")
 # stages that load a model: on a GPU cluster each such job asks for GPUs, distributed or not
 MODEL_STAGES = tuple(s.name for s in REGISTRY if s.loads_model)
 TRAINING_STAGES = tuple(s.name for s in REGISTRY if s.trains)
-_STEP_KEYS = {f.name for f in dataclasses.fields(launchers.StepSpec)} - {"name", "layout"}
-_LAYOUT_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "global_batch_size", "micro_batch_size")
+_STEP_KEYS = {f.name for f in dataclasses.fields(launchers.StepSpec)} - {"name"}
 
 
 def config_name(stage_name: str) -> str:
@@ -60,21 +60,29 @@ def cluster_from_cfg(c: DictConfig) -> launchers.ClusterSpec:
     return launchers.ClusterSpec(container=container, **plain)
 
 
-def _stage_layout(stage: str, overrides: dict[str, str]) -> launchers.Layout | None:
-    """The layout the stage will run with: its own config composed with the step's overrides (None: no config)."""
+def check_step_layout(step: launchers.StepSpec, cluster: launchers.ClusterSpec) -> None:
+    """Checks a distributed step's layout with the stage's own check, on its config composed as the job will run it.
+
+    Raises:
+        UserError: the step, the layout problem (config keys) and the launch keys that set the device count.
+    """
+    per_node = step.devices_per_node if step.devices_per_node is not None else cluster.devices_per_node
+    forced = {"trainer.devices": str(per_node), "trainer.num_nodes": str(step.nodes)}
+    overrides = [f"{k}={v}" for k, v in {**step.overrides, **forced}.items()]
     try:
-        composed = hydra.compose(config_name=config_name(stage), overrides=[f"{k}={v}" for k, v in overrides.items()])
+        composed = hydra.compose(config_name=config_name(step.stage), overrides=overrides)
     except Exception as err:  # noqa: BLE001 - a stage config not in this version, or an override it rejects
-        print(f"nemo-steerlm launch: warning: layout of stage {stage} not checked against its config ({err})")
-        return None
-    values: dict[str, int | None] = {}
-    for key in _LAYOUT_KEYS:
-        value = OmegaConf.select(composed, f"model.{key}", default=None)
-        value = OmegaConf.select(composed, f"layout.{key}", default=None) if value is None else value
-        values[key] = None if value is None else int(value)
-    values["tensor_model_parallel_size"] = values["tensor_model_parallel_size"] or 1
-    values["pipeline_model_parallel_size"] = values["pipeline_model_parallel_size"] or 1
-    return launchers.Layout(**values)  # type: ignore[arg-type]
+        print(f"nemo-steerlm launch: warning: layout of stage {step.stage} not checked against its config ({err})")
+        return
+    try:
+        check_stage_layout(composed)
+    except ConfigError as err:
+        devices = "devices_per_node" if step.devices_per_node is not None else None
+        devices_key = f"launch.steps.{step.name}.{devices}" if devices else "cluster.devices_per_node"
+        raise UserError(
+            f"step {step.name!r} (launch.steps.{step.name}): {err} (the job runs launch.steps.{step.name}.nodes="
+            f"{step.nodes} × {devices_key}={per_node} processes)"
+        ) from None
 
 
 def forwarded_overrides(stage: str) -> dict[str, str]:
@@ -118,9 +126,7 @@ def step_from_cfg(name: str, s: DictConfig, cluster: launchers.ClusterSpec) -> l
         plain["gpus_per_node"] = cluster.devices_per_node
     step = launchers.StepSpec(name=name, **plain)
     if step.distributed:
-        per_node = step.devices_per_node if step.devices_per_node is not None else cluster.devices_per_node
-        forced = {"trainer.devices": str(per_node), "trainer.num_nodes": str(step.nodes)}
-        step = dataclasses.replace(step, layout=_stage_layout(step.stage, {**step.overrides, **forced}))
+        check_step_layout(step, cluster)
     return step
 
 

@@ -14,23 +14,8 @@ from nemo_steerlm.data.prepare import prepare
 from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.strategy import MegatronStrategy
-from nemo_steerlm.recipes.common import rank_zero_makes, schema_from_cfg
+from nemo_steerlm.recipes.common import check_stage_layout, rank_zero_makes, schema_from_cfg
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
-
-
-def check_layout(cfg: DictConfig) -> int:
-    """Validates the parallel layout against ``trainer.devices × trainer.num_nodes`` before any work; returns DP."""
-    from nemo_steerlm.megatron.config import validate_layout
-    from nemo_steerlm.models.base import gpt_config_from, parallel_config_from
-
-    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
-    return validate_layout(
-        gpt_config_from(cfg.model, vocab_size=1),
-        parallel_config_from(cfg.model),
-        world,
-        int(cfg.model.micro_batch_size),
-        int(cfg.model.global_batch_size),
-    )
 
 
 def log_line_callbacks(cfg: DictConfig, trainer_kwargs: dict[str, Any]) -> list[Any]:
@@ -172,7 +157,7 @@ def train_and_save(
     Returns:
         ``(model, trainer, nemo_path, train_file, val_file)``.
     """
-    check_layout(cfg)
+    check_stage_layout(cfg)
     train, val = resolve_training_files(cfg, output_dir, data_kind)
     val = val_override or val
     set_model_data(cfg, train, val)

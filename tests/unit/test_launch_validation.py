@@ -86,3 +86,36 @@ def test_check_environment_units(tmp_path):
     (venv / "nemo-steerlm").write_text("")
     os.chmod(venv / "nemo-steerlm", 0o755)
     check_environment(cluster)
+
+
+REAL = ("preset=llama2_13b", "cluster=generic_gpu", "dry_run=true", "dataset.path=/d/hs", "preset.init_from=/m/x")
+
+
+def test_layout_of_each_distributed_step_is_checked_with_the_stages_own_check(tmp_path):
+    """The 13B APM step (32 nodes × 8 GPUs, TP 4, global batch 512): what the training stage would refuse, `launch`
+    refuses before anything is written, naming the keys; the shape is checked too (40 heads, 13B)."""
+    base = (*REAL, f"output_dir={tmp_path}/r")
+    assert launch(*base).returncode == 0
+    done = launch(*base, "launch.steps.train_apm.overrides.model.tensor_model_parallel_size=3")
+    assert done.returncode == 2 and not (tmp_path / "r").exists()
+    assert "step 'train_apm' (launch.steps.train_apm)" in done.stderr
+    assert "world size 256 (`trainer.devices` × `trainer.num_nodes`) is not divisible by" in done.stderr
+    assert "`model.num_attention_heads` (40) is not divisible by `model.tensor_model_parallel_size` (3)" in done.stderr
+    assert "launch.steps.train_apm.nodes=32 × launch.steps.train_apm.devices_per_node=8" in done.stderr
+    done = launch(*base, "launch.steps.train_apm.nodes=3")  # DP = 3·8/4 = 6 does not divide 512
+    assert done.returncode == 2
+    assert "`model.global_batch_size` (512) is not divisible by `model.micro_batch_size` (1)" in done.stderr
+    assert "data-parallel size (6 = world size 24 / (TP 4 × PP 1))" in done.stderr
+
+
+def test_layout_of_a_distributed_inference_step_is_checked(tmp_path):
+    """An inference stage's layout (``layout.*``; the shape lives in the .nemo) gets the TP·PP check."""
+    base = ("preset=llama2_7b", "cluster=generic_gpu", "dry_run=true", "dataset.path=/d/hs", "preset.init_from=/m/x")
+    base = (*base, f"output_dir={tmp_path}/r", "+launch.steps.generate.distributed=true")
+    assert launch(*base).returncode == 0, launch(*base).stderr
+    done = launch(*base, "+launch.steps.generate.overrides.layout.tensor_model_parallel_size=3")
+    assert done.returncode == 2
+    assert "step 'generate' (launch.steps.generate)" in done.stderr
+    assert "is not divisible by `model.tensor_model_parallel_size` (3) × `model.pipeline_model_parallel_size` (1)" in (
+        done.stderr
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers import ChainSpec, ClusterSpec, LaunchError, Layout, StepSpec, check_chain, check_layout, render_chain
+from launchers import ChainSpec, ClusterSpec, LaunchError, StepSpec, check_chain, render_chain
 from launchers.slurm import format_status, load_manifest
 from launchers.spec import flatten_overrides, hydra_value
 
@@ -56,17 +56,6 @@ def test_bad_layout_exits_2_naming_keys(tmp_path: Path) -> None:
 
 def _step(**kw: object) -> StepSpec:
     return StepSpec(name="sft", stage="train-sft", distributed=True, nodes=32, **kw)  # type: ignore[arg-type]
-
-
-def test_layout_checks() -> None:
-    check_layout(_step(layout=Layout(8, 2, 128, 1)), GPU)
-    with pytest.raises(LaunchError, match="model.tensor_model_parallel_size=8 × model.pipeline_model_parallel_size=3"):
-        check_layout(_step(layout=Layout(8, 3, 128, 1)), GPU)
-    with pytest.raises(LaunchError, match="model.global_batch_size=100 is not a multiple of model.micro_batch_size=1"):
-        check_layout(_step(layout=Layout(8, 2, 100, 1)), GPU)
-    with pytest.raises(LaunchError, match="micro_batch_size=3"):
-        check_layout(_step(layout=Layout(8, 2, 128, 3)), GPU)
-    check_layout(_step(layout=Layout(8, 2, None, None)), GPU)  # unknown batch sizes: only TP·PP is checked
 
 
 def test_chain_checks() -> None:
