@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -287,6 +287,43 @@ def atomic_files(root: str | os.PathLike[str]) -> Iterator[AtomicFileSet]:
     except BaseException:
         fileset._abort()
         raise
+
+
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], None], suffix: str = "") -> Path:
+    """Calls ``writer(tmp_path)`` to fill a temporary file next to ``path``, then moves it onto ``path``.
+
+    For files written by another library (a plot, a tar archive); the file gets the mode a plain ``open()`` would
+    give it and is fsynced before the rename. On an error the temporary file is removed and the error propagates.
+
+    Args:
+        path: destination file; its parent folder is created if missing.
+        writer: writes the complete content to the path it is given.
+        suffix: suffix of the temporary file (matplotlib picks the format from it, e.g. ``".png"``).
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+    return dest
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically and returns the path."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], lines: Iterable[str]) -> int:

@@ -31,9 +31,9 @@ import numpy as np
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, MASK_VALUE, AttributeSchema
 from nemo_steerlm.data.formats import parse_regression_object, parse_sft_object
-from nemo_steerlm.data.io import DataError, read_jsonl
+from nemo_steerlm.data.io import DataError, read_jsonl, write_text_atomic
 from nemo_steerlm.data.template import Conversation, regression_response
-from nemo_steerlm.evaluation._io import atomic_write_text, new_figure, save_figure
+from nemo_steerlm.evaluation._io import new_figure, save_figure
 
 HELPFULNESS = "helpfulness"
 ANALYSIS_KEYS: tuple[str, ...] = (
@@ -439,8 +439,8 @@ def write_analysis(data: AnalysisInput, schema: AttributeSchema, out_dir: str | 
     plot_distribution(analysis, out / PLOT_FILES["distribution"], schema.min_value)
     plot_correlation(analysis, out / PLOT_FILES["correlation"])
     plot_length(data.rows, analysis, out / PLOT_FILES["length"])
-    atomic_write_text(out / "analysis.json", json.dumps(analysis, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "analysis.md", render_markdown(analysis, data, schema, PLOT_FILES))
+    write_text_atomic(out / "analysis.json", json.dumps(analysis, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "analysis.md", render_markdown(analysis, data, schema, PLOT_FILES))
     return analysis
 
 

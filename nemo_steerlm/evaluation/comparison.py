@@ -23,8 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemo_steerlm.data.io import DataError
-from nemo_steerlm.evaluation._io import atomic_write_text
+from nemo_steerlm.data.io import DataError, write_text_atomic
 from nemo_steerlm.evaluation.report import fmt
 
 APM_METRICS: tuple[str, ...] = ("pearson", "spearman", "mae", "accuracy")
@@ -152,6 +151,6 @@ def write_comparison(run_dirs: Mapping[str, Path], drop: Mapping[str, Sequence[s
         name: Path(os.path.relpath(Path(path).resolve() / "evaluate" / "report.md", out_dir.resolve())).as_posix()
         for name, path in run_dirs.items()
     }
-    atomic_write_text(out_dir / "comparison.json", json.dumps(comparison, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out_dir / "comparison.md", render_comparison(comparison, links))
+    write_text_atomic(out_dir / "comparison.json", json.dumps(comparison, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out_dir / "comparison.md", render_comparison(comparison, links))
     return comparison

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE, USER_ROLE
+from nemo_steerlm.data.io import write_text_atomic
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.evaluation._io import atomic_write_text
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "eval" / "mt_bench"
 QUESTION_FILE = RESOURCE_DIR / "question.jsonl"
@@ -175,7 +175,7 @@ def answer_questions(
         for q, turns in zip(ordered, answers, strict=True)
     ]
     if answer_file is not None:
-        atomic_write_text(answer_file, "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(answer_file, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 

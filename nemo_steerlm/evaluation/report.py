@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nemo_steerlm.evaluation._io import atomic_write_text
+from nemo_steerlm.data.io import write_text_atomic
 
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "nemo-steerlm",
@@ -292,6 +292,6 @@ def write_report(
         ``(report_path, json_path)``.
     """
     out = Path(out_dir)
-    json_path = atomic_write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    report_path = atomic_write_text(out / "report.md", render_report(results, out, config_yaml))
+    json_path = write_text_atomic(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    report_path = write_text_atomic(out / "report.md", render_report(results, out, config_yaml))
     return report_path, json_path

@@ -18,7 +18,6 @@ Library code: plain arguments in, no Hydra config.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -171,10 +170,7 @@ def _load_or_start_state(state_dir: Path, identity: dict[str, Any]) -> None:
                 f"delete it to start over, or rerun with the same model, data and chunk_size"
             )
         return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = meta.with_name(".state.json.tmp")
-    tmp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, meta)
+    write_json_atomic(meta, identity)
 
 
 def chunk_path(state_dir: Path, start: int, end: int) -> Path:

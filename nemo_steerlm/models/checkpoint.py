@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm import __version__
 from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT
+from nemo_steerlm.data.io import atomic_write
 from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError, UnsafeCheckpointError, UserError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.megatron.safe_load import check_dist_checkpoint
@@ -112,19 +113,21 @@ def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
             CHECKSUM_KEY: member_checksums(staging),
         }
         (staging / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with tarfile.open(tmp, "w") as tar:
-                for item in sorted(staging.iterdir()):
-                    tar.add(item, arcname=item.name)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: _tar_folder(staging, tmp))
         except OSError as err:  # e.g. a full disk: leave neither the partial archive nor the staging folder
-            tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write {path} ({err.strerror or err})") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     parallel.barrier()
     return path
+
+
+def _tar_folder(folder: Path, archive: Path) -> None:
+    """Writes ``folder``'s entries (sorted) into the uncompressed tar ``archive``, named relative to ``folder``."""
+    with tarfile.open(archive, "w") as tar:
+        for item in sorted(folder.iterdir()):
+            tar.add(item, arcname=item.name)
 
 
 def model_meta(model: Any) -> dict[str, Any]:

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from nemo_steerlm.data.io import DataError, atomic_files, read_jsonl, sha256_file, write_jsonl_atomic
+from nemo_steerlm.data.io import (
+    DataError,
+    atomic_files,
+    atomic_write,
+    read_jsonl,
+    sha256_file,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -105,3 +113,21 @@ def test_write_jsonl_atomic_and_sha(tmp_path: Path) -> None:
     p = tmp_path / "x.jsonl"
     assert write_jsonl_atomic(p, ['{"a": 1}', '{"a": "é"}']) == 2
     assert sha256_file(p) == hashlib.sha256('{"a": 1}\n{"a": "é"}\n'.encode()).hexdigest()
+
+
+def test_atomic_write_gives_plain_open_mode_and_keeps_the_old_file_on_error(tmp_path):
+    """The one callback writer (plots, reports, .nemo archives): the mode a plain open() gives, and all-or-nothing."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    dest = write_text_atomic(tmp_path / "sub" / "report.md", "new\n")
+    assert dest.read_text() == "new\n"
+    assert stat.S_IMODE(os.stat(dest).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(dest, half_then_fail)
+    assert dest.read_text() == "new\n"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["report.md"]  # no temporary file left behind
