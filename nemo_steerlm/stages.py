@@ -4,8 +4,8 @@ The CLI dispatches and prints its usage from it, ``run`` takes its stages' confi
 composes a step's config and decides which steps load a model from it. Plain data: importing it imports nothing
 else (no torch, no Hydra).
 
-To add a stage: write ``recipes/<config>.py`` (``@stage_app("<config>")``, ``run_stage("<name>", ...)``) and
-``conf/<config>.yaml``, then add one :class:`Stage` to :data:`STAGES`.
+To add a stage: write ``recipes/<config>.py`` (``@stage_app("<name>") def main(cfg, stage)`` calling
+``run_stage(stage.name, cfg, body)``) and ``conf/<config>.yaml``, then add one :class:`Stage` to :data:`STAGES`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import run_stage, stage_app
+from nemo_steerlm.stages import Stage
 
 OWN_KEYS = ("drop", "output_dir")
 
@@ -80,9 +81,9 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("ablate")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    run_stage("ablate", cfg, body)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.io import sha256_file, write_json_atomic
 from nemo_steerlm.recipes.common import inference_layout, is_global_rank_zero, require_path, run_stage, stage_app
+from nemo_steerlm.stages import Stage
 
 STATE_DIR = ".annotate_state"
 
@@ -36,7 +37,7 @@ def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
 def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
     """``merge_shards=true``: joins the shard files (no model needed)."""
     from nemo_steerlm.data.io import read_jsonl
-    from nemo_steerlm.models.annotation import merge_shards
+    from nemo_steerlm.inference.annotation import merge_shards
 
     total = sum(1 for _ in read_jsonl(data))
     target = output_dir / output_name(data)
@@ -46,7 +47,7 @@ def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Annotates the data (or this shard of it) and writes the output file atomically."""
-    from nemo_steerlm.models import annotation
+    from nemo_steerlm.inference import annotation
 
     data = require_path(cfg, "data", "an SFT JSONL file to label")
     if bool(cfg.merge_shards):
@@ -111,7 +112,7 @@ def _restore(model_path: Path, cfg: DictConfig) -> Any:
 
 def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, shard: tuple[int, int, int]) -> int:
     """Rank 0: concatenates the chunks into the target, writes a shard's manifest, removes the state."""
-    from nemo_steerlm.models.annotation import concatenate, remove_state
+    from nemo_steerlm.inference.annotation import concatenate, remove_state
 
     rows = concatenate(paths, target)
     if shard[2] > 1:
@@ -123,13 +124,13 @@ def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, sh
 
 
 @stage_app("annotate")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
     if not bool(cfg.merge_shards):  # a merge needs no model: no torchrun, no NeMo or megatron imports
         from nemo_steerlm.recipes.common import relaunch_under_torchrun
 
-        relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.annotate")
-    run_stage("annotate", cfg, body, job_name(cfg))
+        relaunch_under_torchrun(cfg, stage)
+    run_stage(stage.name, cfg, body, job_name(cfg))
 
 
 def job_name(cfg: DictConfig) -> str:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from nemo_steerlm.data.io import write_jsonl_atomic
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, sampling_params, stage_app
-from nemo_steerlm.stages import stage
+from nemo_steerlm.stages import Stage, stage
 
 OUTPUT_NAME = str(stage("bootstrap").produces)
 
@@ -27,7 +27,7 @@ OUTPUT_NAME = str(stage("bootstrap").produces)
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Samples, annotates, writes ``train.bootstrap.jsonl``; returns the counts and the new labels' spread."""
     from nemo_steerlm.data.formats import read_sft_jsonl, sft_line
-    from nemo_steerlm.models.bootstrap import bootstrap_round
+    from nemo_steerlm.inference.bootstrap import bootstrap_round
     from nemo_steerlm.models.checkpoint import check_kind, restore_nemo
 
     sft_path = require_path(cfg, "model", "the SteerLM SFT model .nemo to bootstrap from (model=PATH)")
@@ -80,9 +80,9 @@ def _final_label(line: str) -> str:
 
 
 @stage_app("bootstrap")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    run_stage("bootstrap", cfg, body)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """What every stage entry point shares: the Hydra app, config resolution, user-error handling, timings.
 
-A recipe is ``@stage_app("name") def main(cfg): run_stage("name", cfg, body)`` where ``body(cfg, output_dir)`` does
-the work and returns a JSON-serialisable summary. Recipes are the only modules that read Hydra config.
+A recipe is ``@stage_app("name") def main(cfg, stage): run_stage(stage.name, cfg, body)`` where
+``body(cfg, output_dir)`` does the work and returns a JSON-serialisable summary; ``name`` is the stage's entry in
+:mod:`nemo_steerlm.stages`, the only place its config and module are named. Recipes are the only modules that read
+Hydra config.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from nemo_steerlm import config_files
+from nemo_steerlm import config_files, stages
 from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher, world_size
+from nemo_steerlm.stages import Stage
 
 CONF_DIR = str(config_files.CONF_DIR)
 
@@ -39,22 +42,28 @@ StageBody = Callable[[DictConfig, Path], "dict[str, Any] | None"]
 HYDRA_DEFAULTS: tuple[str, ...] = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout")
 
 
-def stage_app(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
-    """Decorates a stage's ``main(cfg)`` as a Hydra app on ``conf/<config_name>.yaml`` (overrides from argv)."""
+def stage_app(name: str) -> Callable[[Callable[[DictConfig, Stage], None]], Callable[[], None]]:
+    """Decorates a stage's ``main(cfg, stage)`` as a Hydra app on the registered stage's ``conf/<config>.yaml``.
 
-    def decorate(task: Callable[[DictConfig], None]) -> Callable[[], None]:
+    ``name`` is the stage's command-line name in :mod:`nemo_steerlm.stages`, the one place a recipe names itself;
+    the decorated function gets the :class:`~nemo_steerlm.stages.Stage` (for :func:`run_stage` and
+    :func:`relaunch_under_torchrun`). Overrides come from argv.
+    """
+    stage = stages.stage(name)
+
+    def decorate(task: Callable[[DictConfig, Stage], None]) -> Callable[[], None]:
         def checked(cfg: DictConfig) -> None:
-            bad = mistyped_value(cfg, config_name)
+            bad = mistyped_value(cfg, stage.config)
             if bad is not None:
-                _fail(config_name.replace("_", "-"), bad)
-            task(cfg)
+                _fail(stage.name, bad)
+            task(cfg, stage)
 
         @functools.wraps(task)
         def main() -> None:
             given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
             sys.argv += [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
             try:
-                hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(checked)()
+                hydra.main(config_path=CONF_DIR, config_name=stage.config, version_base=None)(checked)()
             finally:
                 teardown_distributed()
 
@@ -260,7 +269,7 @@ if not OmegaConf.has_resolver("steerlm_resource"):
     OmegaConf.register_new_resolver("steerlm_resource", _resource)
 
 
-def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
+def relaunch_under_torchrun(cfg: DictConfig, stage: Stage) -> None:
     """Re-executes this stage under ``torchrun`` when ``trainer.devices`` > 1 and no launcher started it.
 
     On a single node this makes ``nemo-steerlm train-apm trainer.devices=2`` just work; on SLURM the launcher's
@@ -270,7 +279,7 @@ def relaunch_under_torchrun(cfg: DictConfig, module: str) -> None:
     if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or started_by_launcher():
         return
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
-    args += ["-m", module, *sys.argv[1:]]
+    args += ["-m", stage.module, *sys.argv[1:]]
     print(f"nemo-steerlm: starting {devices} processes: {' '.join(args[1:])}", flush=True)
     sys.stdout.flush()
     os.execv(sys.executable, args)

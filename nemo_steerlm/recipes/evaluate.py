@@ -21,6 +21,7 @@ from nemo_steerlm.recipes.common import (
     stage_app,
     steer_overrides,
 )
+from nemo_steerlm.stages import Stage
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -202,8 +203,8 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("evaluate")
-def _app(cfg: DictConfig) -> None:
-    run_stage("evaluate", cfg, body)
+def _app(cfg: DictConfig, stage: Stage) -> None:
+    run_stage(stage.name, cfg, body)
 
 
 def main() -> None:

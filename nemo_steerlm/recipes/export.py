@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
+from nemo_steerlm.stages import Stage
 
 FORMATS = ("hf",)
 
@@ -32,9 +33,9 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("export")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    run_stage("export", cfg, body)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from nemo_steerlm.recipes.common import (
     stage_app,
     steer_overrides,
 )
+from nemo_steerlm.stages import Stage
 
 OUTPUT_NAME = "generations.jsonl"
 #: ``label=from_data``: answer each conversation under the label of its own trailing assistant turn
@@ -161,9 +162,9 @@ def _record(index: int, prompt: Prompt, label: str, result: Any) -> str:
 
 
 @stage_app("generate")
-def _app(cfg: DictConfig) -> None:
-    relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.generate")
-    run_stage("generate", cfg, body)
+def _app(cfg: DictConfig, stage: Stage) -> None:
+    relaunch_under_torchrun(cfg, stage)
+    run_stage(stage.name, cfg, body)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.recipes.common import run_stage, schema_from_cfg, stage_app
+from nemo_steerlm.stages import Stage
 
 MODEL_TYPES = ("apm", "sft")
 
@@ -62,12 +63,12 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
 
 
-@stage_app("import_hf")
-def _app(cfg: DictConfig) -> None:
+@stage_app("import-hf")
+def _app(cfg: DictConfig, stage: Stage) -> None:
     from nemo_steerlm.recipes.common import relaunch_under_torchrun
 
-    relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.import_hf")
-    run_stage("import-hf", cfg, body)
+    relaunch_under_torchrun(cfg, stage)
+    run_stage(stage.name, cfg, body)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from launchers.spec import flatten_overrides
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.megatron.config import ConfigError
 from nemo_steerlm.recipes.common import check_stage_layout, run_stage, stage_app
-from nemo_steerlm.stages import BY_NAME
+from nemo_steerlm.stages import BY_NAME, Stage
 from nemo_steerlm.stages import STAGES as REGISTRY
 
 ACTIONS = ("submit", "status", "cancel")
@@ -275,12 +275,12 @@ def _submit_body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("launch")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
     if cfg.action not in ACTIONS:
         _fail(f"action={cfg.action}: choose one of {', '.join(ACTIONS)}")
     if cfg.action == "submit" and not cfg.dry_run:
-        run_stage("launch", cfg, _submit_body)
+        run_stage(stage.name, cfg, _submit_body)
     else:
         _read_only(cfg)
 

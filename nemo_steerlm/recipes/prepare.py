@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from nemo_steerlm.data.prepare import PrepareSpec, SourceSpec, prepare
 from nemo_steerlm.recipes.common import run_stage, schema_from_cfg, stage_app
 from nemo_steerlm.resources import helpsteer_sample_path
+from nemo_steerlm.stages import Stage
 
 
 def prepare_spec_from_cfg(dataset: DictConfig) -> PrepareSpec:
@@ -31,9 +32,9 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("prepare")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    run_stage("prepare", cfg, body)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

@@ -148,10 +148,10 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("run")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
     OmegaConf.resolve(cfg)
-    run_stage("run", cfg, body)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

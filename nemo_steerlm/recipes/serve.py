@@ -26,6 +26,7 @@ from nemo_steerlm.recipes.common import (
     stage_app,
     steer_overrides,
 )
+from nemo_steerlm.stages import Stage
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -104,8 +105,8 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 @stage_app("serve")
-def _app(cfg: DictConfig) -> None:
-    run_stage("serve", cfg, body)
+def _app(cfg: DictConfig, stage: Stage) -> None:
+    run_stage(stage.name, cfg, body)
 
 
 def main() -> None:

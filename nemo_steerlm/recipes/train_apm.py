@@ -14,6 +14,7 @@ from nemo_steerlm.inference.apm_eval import evaluate_apm
 from nemo_steerlm.models.apm import AttributePredictionModel
 from nemo_steerlm.recipes.common import relaunch_under_torchrun, run_stage, stage_app
 from nemo_steerlm.recipes.training import train_and_save, training_summary
+from nemo_steerlm.stages import Stage
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -26,11 +27,11 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {**training_summary(model, trainer, nemo_path), "eval_pearson": pearson}
 
 
-@stage_app("train_apm")
-def main(cfg: DictConfig) -> None:
+@stage_app("train-apm")
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.train_apm")
-    run_stage("train-apm", cfg, body)
+    relaunch_under_torchrun(cfg, stage)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

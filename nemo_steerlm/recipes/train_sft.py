@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from nemo_steerlm.models.sft import SteerLMSFTModel
 from nemo_steerlm.recipes.common import relaunch_under_torchrun, require_path, run_stage, stage_app
 from nemo_steerlm.recipes.training import train_and_save, training_summary
+from nemo_steerlm.stages import Stage
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -25,11 +26,11 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
 
 
-@stage_app("train_sft")
-def main(cfg: DictConfig) -> None:
+@stage_app("train-sft")
+def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    relaunch_under_torchrun(cfg, "nemo_steerlm.recipes.train_sft")
-    run_stage("train-sft", cfg, body)
+    relaunch_under_torchrun(cfg, stage)
+    run_stage(stage.name, cfg, body)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """A running attribute-model server (``serve model=APM.nemo``) used in place of the model: ``annotate scorer_url=``.
 
 :class:`RemoteScorer` has what annotation reads of an :class:`~nemo_steerlm.models.apm.AttributePredictionModel`
-(``schema``, ``labelled_schema``, ``predict_texts``), so :func:`~nemo_steerlm.models.annotation.annotate_conversations`
-runs unchanged: the texts are rendered here, exactly as with a loaded model, and only the prediction is remote. The
-server answers with the raw outputs, so the labels (clipped, rounded half to even) are the ones a loaded model gives.
+(``schema``, ``labelled_schema``, ``predict_texts``), so
+:func:`~nemo_steerlm.inference.annotation.annotate_conversations` runs unchanged: the texts are rendered here,
+exactly as with a loaded model, and only the prediction is remote. The server answers with the raw outputs, so the
+labels (clipped, rounded half to even) are the ones a loaded model gives.
 
 Library code: plain arguments in, no Hydra config.
 """

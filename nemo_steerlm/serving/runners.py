@@ -5,7 +5,7 @@ template and the model's prompt policy, exactly as ``generate``) and
 :func:`~nemo_steerlm.models.generation.generate_prepared` (the KV-cache batched decoder), so a greedy request answers
 what ``generate sampling.greedy=true`` answers. Streaming and disconnects use its per-token callback: each new token
 sends the text that can no longer change (nothing that may still become a stop string, no half-decoded character),
-and a cancelled request's rows stop. Scoring is annotate's :func:`~nemo_steerlm.models.annotation.score_turns`.
+and a cancelled request's rows stop. Scoring is annotate's :func:`~nemo_steerlm.inference.annotation.score_turns`.
 
 Library code: plain arguments in, no Hydra config.
 """
@@ -182,7 +182,7 @@ class ScoreRunner:
         if jobs[0].payload[0] == "texts":
             self._texts(jobs)
             return
-        from nemo_steerlm.models.annotation import score_turns
+        from nemo_steerlm.inference.annotation import score_turns
 
         convs = [conv for job in jobs for conv in job.payload[1]]
         scored, _ = score_turns(self.model, convs, self.batch_size)

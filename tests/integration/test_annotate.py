@@ -21,7 +21,7 @@ from steerlm_test_helpers.cli import ok, restore_predict, steerlm
 
 from nemo_steerlm.attributes import HELPSTEER_ATTRIBUTES, OASST_ATTRIBUTES, AttributeSchema
 from nemo_steerlm.data.template import Conversation, Turn
-from nemo_steerlm.models.annotation import assistant_turn_texts
+from nemo_steerlm.inference.annotation import assistant_turn_texts
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,7 @@ def test_broken_data_line_exits_2_and_writes_nothing(tiny_apm: Path, tmp_path: P
 
 def test_progress_moves_within_a_chunk_and_counts_every_conversation_once(tiny_apm: Path, tmp_path: Path) -> None:
     from nemo_steerlm.data.formats import read_sft_jsonl
-    from nemo_steerlm.models.annotation import job_identity, run_chunks
+    from nemo_steerlm.inference.annotation import job_identity, run_chunks
     from nemo_steerlm.models.checkpoint import restore_nemo
 
     model = restore_nemo(tiny_apm / "apm.nemo", "apm")

@@ -15,7 +15,7 @@ from typing import Any
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE
 from nemo_steerlm.data.template import Conversation, Turn
-from nemo_steerlm.models.annotation import annotate_conversations
+from nemo_steerlm.inference.annotation import annotate_conversations
 from nemo_steerlm.models.generation import SamplingParams, generate_full, prompt_conversation
 
 
