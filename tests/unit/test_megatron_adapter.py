@@ -71,7 +71,6 @@ def test_apply_cpu_patches_is_idempotent():
     assert buffer.shape == (2, 3) and buffer.device.type == "cpu"
 
 
-
 def test_distributed_optimizer_patches_are_in_place_once():
     import megatron.core.optimizer as optimizer_package
     from megatron.core.optimizer import distrib_optimizer
