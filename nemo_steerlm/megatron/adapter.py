@@ -47,7 +47,24 @@ The patches, each the narrowest found to work (measured on megatron-core 0.16.1,
    ``param.type()`` and accepts only ``torch.cuda.*Tensor`` names. The name ``get_megatron_optimizer`` instantiates
    is rebound to a subclass whose constructor sees each CPU parameter's type under its CUDA name (an instance
    attribute shadowing ``Tensor.type`` on those parameters, removed right after); its other ``device="cuda"``
-   allocations go through patch 3. The distributed optimizer keeps its CUDA-only checks.
+   allocations go through patch 3.
+10. **Distributed optimizer.** ``DistributedOptimizer`` sorts the parameters it shards by ``param.type()`` the same
+   way (``torch.cuda.FloatTensor`` / ``HalfTensor`` / ``BFloat16Tensor``). The name ``get_megatron_optimizer``
+   instantiates is rebound to a subclass constructed under the same CUDA type names as patch 9, and
+   ``optimizer.distrib_optimizer`` joins the modules of patch 3 (it allocates the state of a checkpoint load on the
+   current CUDA device). Its collectives need no patch on gloo (torch 2.13): the grad buffers' ``reduce_scatter_tensor``
+   and the parameters' ``all_gather_into_tensor`` are measured to work, and the checkpoint gather/scatter use
+   megatron's gloo data-parallel group anyway.
+
+One more patch is not about CUDA but about megatron's fallback to ``torch.optim.AdamW`` when neither apex nor
+TransformerEngine is installed (every CPU machine, and GPU machines without them); :func:`apply_torch_adam_patches`
+applies it whenever that fallback is in use, with or without CUDA:
+
+11. **Restoring the distributed optimizer's state into torch's AdamW.** ``DistributedOptimizer.load_state_dict``
+   gives every parameter's state one shared ``step`` tensor, which torch's AdamW then increments once per parameter
+   in each step (wrong bias correction after a resume), and ``_set_main_param_and_optimizer_states`` copies every
+   state key, ``step`` included, from a checkpoint that holds only the main weight and the two moments
+   (``KeyError: 'step'``). After megatron's load each state gets its own copy of ``step``, and the copy skips it.
 """
 
 from __future__ import annotations
@@ -78,6 +95,8 @@ CUDA_DEVICE_MODULES: tuple[str, ...] = (
     "megatron.core.distributed.param_and_grad_buffer",
     "megatron.core.optimizer.clip_grads",
     "megatron.core.optimizer.optimizer",
+    # a checkpoint load allocates the distributed optimizer's state shards on the current CUDA device
+    "megatron.core.optimizer.distrib_optimizer",
     # dist_checkpointing's writer calls torch.cuda.synchronize() before saving (.nemo archives)
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver",
@@ -172,6 +191,8 @@ def apply_cpu_patches(force: bool = False) -> bool:
     _patch_tied_embedding_setup()
     _patch_checkpoint_rng_states()
     _patch_float16_optimizer()
+    _patch_distributed_optimizer()
+    apply_torch_adam_patches()
     _state["applied"] = True
     return True
 
@@ -489,3 +510,69 @@ def _patch_float16_optimizer() -> None:
                 super().__init__(optimizer, *args)
 
     optimizer_package.Float16OptimizerWithFloat16Params = CpuFloat16OptimizerWithFloat16Params
+
+
+# ------------------------------------------------------------------------------ patch 10: the distributed optimizer
+
+
+def _patch_distributed_optimizer() -> None:
+    import megatron.core.optimizer as optimizer_package
+
+    base = _state["originals"].setdefault("DistributedOptimizer", optimizer_package.DistributedOptimizer)
+
+    class CpuDistributedOptimizer(base):  # type: ignore[misc, valid-type]
+        """``DistributedOptimizer`` accepting CPU parameters (it shards fp32 ones and fp32 copies of bf16/fp16)."""
+
+        def __init__(self, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            params = [p for g in optimizer.param_groups for p in g["params"]] if optimizer else []
+            with _cuda_type_names(params):
+                super().__init__(optimizer, *args, **kwargs)
+
+    optimizer_package.DistributedOptimizer = CpuDistributedOptimizer
+
+
+# --------------------------------------------------------- patch 11: the distributed optimizer over torch's AdamW
+
+
+def apply_torch_adam_patches() -> bool:
+    """Patch the distributed optimizer's state restore for torch's AdamW, when megatron falls back to it (once).
+
+    Returns:
+        ``True`` if the patch is in effect after the call, ``False`` if apex or TransformerEngine provide the Adam
+        megatron uses (their fused Adam keeps no per-parameter ``step``).
+
+    Raises:
+        MegatronVersionError: if the installed megatron-core is not a supported version.
+    """
+    from megatron.core.optimizer import distrib_optimizer
+
+    if distrib_optimizer.HAVE_APEX_OR_TE:
+        return False
+    if "DistributedOptimizer.load_state_dict" in _state["originals"]:
+        return True
+    check_megatron_version()
+    cls = distrib_optimizer.DistributedOptimizer
+    original_load = _state["originals"].setdefault("DistributedOptimizer.load_state_dict", cls.load_state_dict)
+    _state["originals"].setdefault("DistributedOptimizer._set_state", cls._set_main_param_and_optimizer_states)
+
+    @functools.wraps(original_load)
+    def load_state_dict(self: Any, state_dict: Any) -> None:
+        original_load(self, state_dict)
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].clone()  # one counter per parameter, as torch's AdamW keeps them
+
+    def set_main_param_and_optimizer_states(self: Any, model_param: Any, tensors: dict[str, Any]) -> None:
+        """``_set_main_param_and_optimizer_states`` (0.16.1) copying the keys the checkpoint has (not ``step``)."""
+        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            _state["originals"]["DistributedOptimizer._set_state"](self, model_param, tensors)
+            return
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        destination = {"param": main_param, **self.optimizer.state[main_param]}
+        for key, tensor in tensors.items():
+            destination[key].copy_(tensor)
+
+    cls.load_state_dict = load_state_dict
+    cls._set_main_param_and_optimizer_states = set_main_param_and_optimizer_states
+    return True

@@ -90,7 +90,6 @@ class ParallelConfig:
         pipeline_model_parallel_size: PP size (splits layers; non-interleaved 1F1B schedule).
         sequence_parallel: shard layernorm/dropout activations over the sequence (needs TP > 1).
         params_dtype: ``float32``, ``bfloat16`` or ``float16`` for parameters and pipeline activations.
-        use_distributed_optimizer: shard optimizer states over data-parallel ranks.
         overlap_grad_reduce: overlap DDP gradient reduction with backward (GPU only).
         core_attention: ``sdpa`` (PyTorch's fused attention kernels, no ``s × s`` matrix kept) or ``local``
             (megatron's ``DotProductAttention``); see :mod:`nemo_steerlm.megatron.attention`.
@@ -105,7 +104,6 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     sequence_parallel: bool = False
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     core_attention: Literal["sdpa", "local"] = "sdpa"
     recompute_granularity: Literal["selective", "full"] | None = None

@@ -17,7 +17,7 @@ from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-from nemo_steerlm.megatron.adapter import apply_cpu_patches
+from nemo_steerlm.megatron.adapter import apply_cpu_patches, apply_torch_adam_patches
 from nemo_steerlm.megatron.config import ParallelConfig
 from nemo_steerlm.ranks import is_global_rank_zero  # noqa: F401 - callers use parallel.is_global_rank_zero
 
@@ -73,6 +73,7 @@ def initialize_model_parallel(parallel: ParallelConfig, seed: int, backend: str 
         backend: process-group backend; :func:`default_backend` when ``None``.
     """
     apply_cpu_patches()
+    apply_torch_adam_patches()  # GPU machines without apex/TransformerEngine need it too
     init_distributed(backend)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -210,9 +210,15 @@ class MegatronGPTBase(ModelPT):
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def configure_optimizers(self) -> MegatronOptimizerAdapter:
-        """Wraps the model in megatron DDP and builds megatron's optimizer and cosine schedule."""
+        """Wraps the model in megatron DDP and builds megatron's optimizer and cosine schedule.
+
+        ``model.optim.use_distributed_optimizer`` shards the fp32 main weights and Adam's moments over the
+        data-parallel ranks (megatron's distributed optimizer: gradients are reduce-scattered, updated shards
+        all-gathered); checkpoints hold the gathered state (:mod:`nemo_steerlm.models.optim`).
+        """
         o = self._cfg.optim
-        self._ddp_chunks = wrap_ddp([self.model], self.transformer_config)
+        distributed = bool(o.use_distributed_optimizer)
+        self._ddp_chunks = wrap_ddp([self.model], self.transformer_config, use_distributed_optimizer=distributed)
         optimizer = build_optimizer(
             self._ddp_chunks,
             lr=float(o.lr),
@@ -222,6 +228,7 @@ class MegatronGPTBase(ModelPT):
             eps=float(o.eps),
             min_lr=float(o.min_lr),
             params_dtype=self.parallel_config.params_dtype,
+            use_distributed_optimizer=distributed,
         )
         total = int(self.trainer.max_steps) if self.trainer is not None and self.trainer.max_steps > 0 else 1
         scheduler = build_scheduler(

@@ -42,3 +42,18 @@ def test_presets_match_the_megatron_presets() -> None:
         typed = TYPED[preset]
         for key, value in arch.items():
             assert getattr(typed, key) == value, f"{preset}.{key}: yaml {value} != typed {getattr(typed, key)}"
+
+
+@pytest.mark.parametrize("stage", ["train_apm", "train_sft"])
+@pytest.mark.parametrize(
+    "preset, expected", [("tiny_cpu", False), ("smollm2_135m", False), ("llama2_7b", True), ("llama2_70b", True)]
+)
+def test_llama_presets_turn_the_distributed_optimizer_on(stage: str, preset: str, expected: bool) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name=stage, overrides=[f"preset={preset}", "output_dir=/tmp/x"])
+        off = compose(
+            config_name=stage,
+            overrides=[f"preset={preset}", "output_dir=/tmp/x", "model.optim.use_distributed_optimizer=false"],
+        )
+    assert cfg.model.optim.use_distributed_optimizer is expected
+    assert off.model.optim.use_distributed_optimizer is False

@@ -71,6 +71,21 @@ def test_apply_cpu_patches_is_idempotent():
     assert buffer.shape == (2, 3) and buffer.device.type == "cpu"
 
 
+def test_distributed_optimizer_patches_are_in_place_once():
+    import megatron.core.optimizer as optimizer_package
+    from megatron.core.optimizer import distrib_optimizer
+
+    adapter.apply_cpu_patches()
+    cpu_class = optimizer_package.DistributedOptimizer
+    restore = distrib_optimizer.DistributedOptimizer.load_state_dict
+    assert cpu_class is not distrib_optimizer.DistributedOptimizer  # the class get_megatron_optimizer builds
+    assert issubclass(cpu_class, distrib_optimizer.DistributedOptimizer)
+    assert adapter.apply_cpu_patches() and adapter.apply_torch_adam_patches()
+    assert optimizer_package.DistributedOptimizer is cpu_class
+    assert distrib_optimizer.DistributedOptimizer.load_state_dict is restore  # not wrapped twice
+    assert distrib_optimizer.torch.cuda.current_device() == torch.device("cpu")
+
+
 def test_cpu_rng_tracker_forks_its_own_stream():
     from megatron.core.tensor_parallel import get_cuda_rng_tracker, model_parallel_cuda_manual_seed
 
