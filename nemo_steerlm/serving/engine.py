@@ -20,7 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: an event for a job's handler: ``("delta", choice, text)``, ``("done", result)`` or ``("error", exception)``
+#: an event for a job's handler: ``("accepted", None)`` (its prompts fit; generation starts), ``("delta", choice,
+#: text)``, ``("done", result)`` or ``("error", exception)``
 Event = tuple[Any, ...]
 
 

@@ -101,6 +101,7 @@ class SteerRunner:
                 job.send(("error", RequestError(str(err), "max_tokens")))
                 continue
             encoded_by_job[id(job)] = encoded
+            job.send(("accepted", None))  # a stream's response starts now (its refusals came before)
             stops = (TURN_MARKER, *req.sampling.stop)
             for p, enc in enumerate(encoded):
                 for c in range(req.sampling.n):
