@@ -99,7 +99,9 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     defaults = {**DEFAULT_STEER, **steer_overrides(cfg.steer, labelled)} if kind == "sft" else {}
     leader = launcher_rank() == 0
     sock = _socket(str(cfg.host), int(cfg.port)) if leader else None
-    model = restore_nemo(model_path, kind, inference_layout(cfg.layout, 1))
+    # TP/PP only: the checkpoint's micro batch stays, so an APM predicts texts in the batches a loaded model uses
+    layout_keys = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel")
+    model = restore_nemo(model_path, kind, {k: inference_layout(cfg.layout, 1)[k] for k in layout_keys})
     peers = Peers.create()
     if peers is not None and not peers.leader:
         for sig in (signal.SIGINT, signal.SIGTERM):

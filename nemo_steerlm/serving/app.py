@@ -255,8 +255,8 @@ def _attributes_route(engine: BatchEngine, info: ServerInfo) -> Callable[[Reques
             body = await _body(request, info)
             waiter = _Waiter(engine)
             if "texts" in body:  # raw outputs of regression texts: what annotate's scorer_url asks for
-                texts = scored_texts(body)
-                raw = await waiter.outcome(waiter.submit("texts", ("texts", texts), len(texts)), request)
+                texts, size = scored_texts(body, engine.max_batch)
+                raw = await waiter.outcome(waiter.submit("texts", ("texts", texts, size), len(texts)), request)
                 return JSONResponse({"object": "list", "model": info.model_name, **raw})
             convs = scored_conversations(body, info.schema)
             turns = await waiter.outcome(waiter.submit("score", ("conversations", convs), len(convs)), request)

@@ -178,7 +178,8 @@ class ScoreRunner:
     """Runs batches of scoring jobs on an attribute model.
 
     A job's payload is ``("conversations", [Conversation, ...])`` (each assistant turn scored, annotate's label) or
-    ``("texts", [str, ...])`` (regression texts: the raw outputs, as ``predict_texts`` gives them to annotate).
+    ``("texts", [str, ...], batch_size)`` (regression texts: the raw outputs, as ``predict_texts`` gives them to
+    annotate and evaluate; ``batch_size`` ``None`` = the model's own).
 
     Args:
         model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel` (one replica, as for
@@ -221,9 +222,10 @@ class ScoreRunner:
     def _texts(self, jobs: list[Job]) -> None:
         """Raw outputs per job (one prediction call each: its count of texts cut to fit is its own)."""
         for job in jobs:
+            _, texts, size = job.payload
             if self.peers is not None:
-                self.peers.send("texts", list(job.payload[1]))
-            preds, truncated = self.model.predict_texts(list(job.payload[1]), self.batch_size)
+                self.peers.send("texts", list(texts), size)
+            preds, truncated = self.model.predict_texts(list(texts), size)
             job.send(("done", {"predictions": preds.tolist(), "truncated": int(truncated)}))
 
 
@@ -246,6 +248,6 @@ def follow(model: Any, peers: Peers, batch_size: int) -> int:
     handlers = {
         "generate": generate,
         "score": lambda convs: score_turns(model, convs, batch_size),
-        "texts": lambda texts: model.predict_texts(texts, batch_size),
+        "texts": lambda texts, size: model.predict_texts(texts, size),
     }
     return peers.follow(handlers)
