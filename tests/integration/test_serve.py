@@ -278,3 +278,9 @@ def test_bad_settings_stop_with_one_line(tiny_sft: Path, tmp_path: Path) -> None
     assert res.returncode == 2 and f"port={port}: cannot listen there" in last, res.stderr[-2000:]
     res = steerlm("serve", f"model={tiny_sft / 'sft.nemo'}", f"output_dir={tmp_path / 'c'}", "steer.humor=1")
     assert res.returncode == 2 and "steer.humor=1" in res.stderr.strip().splitlines()[-1]
+    # one copy of the model over all processes: TP x PP must use every device (no data-parallel replicas)
+    res = steerlm(
+        "serve", f"model={tiny_sft / 'sft.nemo'}", f"output_dir={tmp_path / 'd'}", "layout.tensor_model_parallel_size=2"
+    )
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "trainer.devices x trainer.num_nodes (1) must equal" in last, res.stderr[-2000:]
