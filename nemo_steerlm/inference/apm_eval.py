@@ -35,12 +35,13 @@ def evaluate_apm(model: Any, eval_path: Path, train_path: Path, out_dir: Path) -
     """Predicts ``eval_path`` with ``model`` and writes metrics against the training-set baselines.
 
     Must be called on every rank; the files are written and the metrics returned on global rank 0 (``None``
-    elsewhere).
+    elsewhere). ``model`` is an :class:`~nemo_steerlm.models.apm.AttributePredictionModel` or anything with its
+    ``schema`` and ``predict_texts`` (a :class:`~nemo_steerlm.serving.client.RemoteScorer`): the eval rows' texts are
+    predicted as the model's own regression dataset of the file would be (same tokens, same cut, same batches).
     """
     evals = read_regression_jsonl(eval_path, model.schema)
     trains = read_regression_jsonl(train_path, model.schema)
-    preds = model.predict_dataset(model.regression_dataset(str(eval_path)))
-    preds = model.broadcast_from_last_stage(preds)
+    preds, _ = model.predict_texts([e.text for e in evals])
     if not parallel.is_global_rank_zero():
         return None
     names = list(model.schema.names)

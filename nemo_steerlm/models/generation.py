@@ -196,6 +196,12 @@ STOP_WINDOW = 32
 #: streams with it and frees the rows of clients that went away.
 TokenCallback = Callable[[int, "Generation"], bool]
 
+#: ``agree(requested)``, called on every rank once per decode step with, per row of the batch, whether this rank's
+#: ``on_token`` asked to stop it; returns the rows every rank stops (a server broadcasts its lead rank's requests, so
+#: the ranks of a TP/PP layout, where only the lead sees its clients, stop the same rows and run the same steps).
+#: Without it a row stops as soon as ``on_token`` says so.
+StopAgreement = Callable[[list[bool]], list[bool]]
+
 
 class _BatchState:
     """Per-sequence bookkeeping of one batch: tokens so far, stop checks."""
@@ -207,8 +213,10 @@ class _BatchState:
         tokenizer: Any,
         pad_id: int,
         on_token: TokenCallback | None = None,
+        agree: StopAgreement | None = None,
     ) -> None:
-        self.on_token = on_token
+        self.on_token, self.agree = on_token, agree
+        self.requested = [False] * len(prompts)
         self.lengths = [len(p) for p in prompts]
         self.total = max(self.lengths) + params.max_new_tokens
         self.tokens = torch.full((len(prompts), self.total), pad_id, dtype=torch.long)
@@ -226,6 +234,7 @@ class _BatchState:
                 continue
             self.tokens[i, position] = int(chosen[i])
             self.accept(i, int(chosen[i]))
+        self.end_step()
 
     def accept(self, i: int, token: int) -> None:
         """Appends a generated token to sequence ``i`` and checks its stops."""
@@ -241,8 +250,24 @@ class _BatchState:
         elif len(result.token_ids) >= self.params.max_new_tokens:
             result.text, self.done[i] = self._decode(result.token_ids), True
         if self.on_token is not None and not self.on_token(i, result) and not self.done[i]:
-            result.text, result.stop_reason = self._decode(result.token_ids), "cancelled"
-            self.done[i] = True
+            if self.agree is None:
+                self._cancel(i)
+            else:
+                self.requested[i] = True
+
+    def end_step(self) -> None:
+        """Stops the rows the ranks agree to stop (every rank calls it once per decode step when ``agree`` is set)."""
+        if self.agree is None:
+            return
+        for i, stop in enumerate(self.agree(self.requested)):
+            if stop and not self.done[i]:
+                self._cancel(i)
+        self.requested = [False] * len(self.requested)
+
+    def _cancel(self, i: int) -> None:
+        result = self.results[i]
+        result.text, result.stop_reason = self._decode(result.token_ids), "cancelled"
+        self.done[i] = True
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -264,6 +289,7 @@ def generate_batch(
     vocab_size: int,
     generator: torch.Generator,
     on_token: TokenCallback | None = None,
+    agree: StopAgreement | None = None,
 ) -> list[Generation]:
     """Generates continuations of a batch of token-id prompts (call on every rank of the model-parallel group).
 
@@ -275,11 +301,13 @@ def generate_batch(
         vocab_size: the tokenizer's vocabulary size (logits of padded vocabulary rows are never chosen).
         generator: the sampling generator (same seed on every rank).
         on_token: called after each token of a prompt (its index in ``prompts``); see :data:`TokenCallback`.
+        agree: settles, once per decode step on every rank, which rows ``on_token`` stopped; see
+            :data:`StopAgreement`.
 
     Returns:
         One :class:`Generation` per prompt, the same on every rank.
     """
-    state = _BatchState(prompts, params, tokenizer, int(tokenizer.pad_token_id), on_token)
+    state = _BatchState(prompts, params, tokenizer, int(tokenizer.pad_token_id), on_token, agree)
     module.eval()
     if params.use_cache and isinstance(module, PositionAwareGPTModel):
         with torch.no_grad():
@@ -368,6 +396,7 @@ def _decode_prefilled(
         for i in range(batch):
             if not state.done[i]:
                 state.accept(i, int(chosen[i]))
+        state.end_step()
         if all(state.done) or step + 1 == state.params.max_new_tokens:
             return
         at = longest + step
@@ -423,11 +452,13 @@ def generate_prepared(
     truncated: Sequence[bool],
     params: SamplingParams,
     on_token: TokenCallback | None = None,
+    agree: StopAgreement | None = None,
 ) -> list[Generation]:
     """Generates for prompts already cut to what the model reads (``truncated``: whether each was cut).
 
-    ``on_token`` (single process only: data-parallel replicas would call it for their share) is called with each
-    prompt's index in ``prompts`` after each of its tokens; see :data:`TokenCallback`.
+    ``on_token`` (one data-parallel replica only: replicas would call it for their share) is called with each
+    prompt's index in ``prompts`` after each of its tokens; see :data:`TokenCallback`. On a TP/PP layout where only
+    one rank has ``on_token``, every rank passes ``agree`` (:data:`StopAgreement`) so that all stop the same rows.
     """
     if getattr(model.transformer_config, "sequence_parallel", False):
         raise UserError("generation does not run with sequence parallelism: restore with model.sequence_parallel=false")
@@ -439,7 +470,14 @@ def generate_prepared(
     for idx in length_batches(mine, lengths, params.batch_size, max(params.max_new_tokens // 2, 8)):
         hook = None if on_token is None else (lambda j, gen, idx=idx: on_token(idx[j], gen))
         batch = generate_batch(
-            model.model, [prompts[i] for i in idx], params, model.tokenizer, len(model.tokenizer), generator, hook
+            model.model,
+            [prompts[i] for i in idx],
+            params,
+            model.tokenizer,
+            len(model.tokenizer),
+            generator,
+            hook,
+            agree,
         )
         for i, gen in zip(idx, batch, strict=True):
             gen.prompt_truncated = truncated[i]

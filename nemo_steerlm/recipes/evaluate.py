@@ -1,7 +1,8 @@
 """Stage ``evaluate``: APM metrics, steerability, MT-Bench answers, TruthfulQA and perplexity into ``report.md``.
 
 Run ``nemo-steerlm evaluate model=SFT.nemo apm=APM.nemo data=PREPARED [overrides]``. Every number in the report
-comes from ``results.json`` and the files next to it.
+comes from ``results.json`` and the files next to it. ``scorer_url=URL`` in place of ``apm=`` scores with a running
+``serve model=APM.nemo`` instead of loading the attribute model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from nemo_steerlm.stages import Stage
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
-    """``(sft, apm, data)`` paths; an APM given as ``model=`` counts as ``apm=``."""
+    """``(sft, apm, data)`` paths; an APM given as ``model=`` counts as ``apm=`` (none with ``scorer_url``)."""
     from nemo_steerlm.models.checkpoint import read_nemo_meta
 
     sft = Path(str(cfg.model)) if cfg.model is not None else None
@@ -35,11 +36,14 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
     if apm is not None:
         read_nemo_meta(apm)
     data = Path(str(cfg.data)) if cfg.data is not None else None
-    if sft is None and apm is None:
-        raise MissingInputError("evaluate needs model=SFT.nemo and/or apm=APM.nemo")
+    remote = cfg.scorer_url is not None
+    if remote and apm is not None:
+        raise UserError(f"scorer_url={cfg.scorer_url} and apm={apm}: give one attribute model, not both")
+    if sft is None and apm is None and not remote:
+        raise MissingInputError("evaluate needs model=SFT.nemo and/or apm=APM.nemo (or scorer_url=URL)")
     if data is not None and not (data / "manifest.json").exists():
         raise MissingInputError(f"data={data}: not a `prepare` output folder (no manifest.json)")
-    if apm is not None and data is None:
+    if (apm is not None or remote) and data is None:
         raise MissingInputError("APM metrics need data=PREPARED (a `prepare` output folder)")
     if str(cfg.steerability.prompts) not in ("heldout", "mt_bench"):
         raise UserError(
@@ -180,6 +184,11 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"inputs": {"model": str(sft_path), "apm": str(apm_path), "data": str(data)}}
     timings: dict[str, float] = {}
     apm = restore_nemo(apm_path, "apm") if apm_path is not None else None
+    if cfg.scorer_url is not None:
+        from nemo_steerlm.serving.client import RemoteScorer
+
+        apm = RemoteScorer(str(cfg.scorer_url), request_size=None)  # one request: the loaded model's batches
+        results["inputs"].update(apm=f"{apm.url} ({apm.name}, sha256 {apm.sha256})", scorer_url=apm.url)
     if apm is not None:
         t = time.perf_counter()
         results["apm"] = evaluate_apm(

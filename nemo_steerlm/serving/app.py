@@ -111,8 +111,11 @@ class _Waiter:
             raise RequestError(str(err), None, status=503, code="server_overloaded", kind="overloaded_error") from None
         return job
 
-    async def outcome(self, job: Job, request: Request) -> Any:
-        """Waits for the job's result (deltas are dropped); cancels the job if the client goes away."""
+    async def outcome(self, job: Job, request: Request, until: str = "done") -> Any:
+        """Waits for the job's ``until`` event, dropping the events before it; cancels it if the client goes away.
+
+        ``done`` gives the job's result; ``accepted`` comes once its prompts fit and generation starts.
+        """
         try:
             while True:
                 try:
@@ -122,7 +125,7 @@ class _Waiter:
                         self.engine.cancel(job)
                         raise RequestError("the client went away", None, status=499, code="cancelled") from None
                     continue
-                if event[0] == "done":
+                if event[0] == until:
                     return event[1]
                 if event[0] == "error":
                     raise _as_request_error(event[1])
@@ -231,7 +234,8 @@ def _generation_route(engine: BatchEngine, info: ServerInfo, chat: bool) -> Call
             rows = len(req.conversations) * req.sampling.n
             job = waiter.submit(batch_key(req.sampling), req, rows)
             shapes = _Shapes(info, chat, req.label)
-            if req.sampling.stream:
+            if req.sampling.stream:  # refusals of the runner (a budget with no room for a prompt) come before the 200
+                await waiter.outcome(job, request, until="accepted")
                 headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
                 return StreamingResponse(_stream(waiter, job, shapes, req), media_type="text/event-stream",
                                          headers=headers)  # fmt: skip
@@ -251,8 +255,8 @@ def _attributes_route(engine: BatchEngine, info: ServerInfo) -> Callable[[Reques
             body = await _body(request, info)
             waiter = _Waiter(engine)
             if "texts" in body:  # raw outputs of regression texts: what annotate's scorer_url asks for
-                texts = scored_texts(body)
-                raw = await waiter.outcome(waiter.submit("texts", ("texts", texts), len(texts)), request)
+                texts, size = scored_texts(body, engine.max_batch)
+                raw = await waiter.outcome(waiter.submit("texts", ("texts", texts, size), len(texts)), request)
                 return JSONResponse({"object": "list", "model": info.model_name, **raw})
             convs = scored_conversations(body, info.schema)
             turns = await waiter.outcome(waiter.submit("score", ("conversations", convs), len(convs)), request)

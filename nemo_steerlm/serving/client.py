@@ -29,15 +29,18 @@ class RemoteScorer:
     Args:
         url: the server's base URL, e.g. ``http://127.0.0.1:8001``.
         timeout: seconds to wait for one request.
+        request_size: texts per request when :meth:`predict_texts` is given no batch size (annotate: progress and
+            bounded requests); ``None`` sends them all in one, which the server predicts in exactly the batches of
+            the model loaded here (evaluate's numbers are then the loaded model's).
 
     Raises:
         UserError: naming ``scorer_url`` when the server does not answer or serves no attribute model.
     """
 
-    def __init__(self, url: str, timeout: float = 600.0) -> None:
+    def __init__(self, url: str, timeout: float = 600.0, request_size: int | None = DEFAULT_BATCH) -> None:
         import httpx
 
-        self.url, self.timeout = url.rstrip("/"), timeout
+        self.url, self.timeout, self.request_size = url.rstrip("/"), timeout, request_size
         self._http = httpx.Client(timeout=timeout)
         card = self._call("GET", "/v1/models")["data"][0]
         if card.get("kind") != "apm":
@@ -65,13 +68,18 @@ class RemoteScorer:
     def predict_texts(
         self, texts: list[str], batch_size: int | None = None, progress: Callable[[int], None] | None = None
     ) -> tuple[np.ndarray, int]:
-        """Raw scores ``[N, A]`` of regression texts and how many were cut to fit (as the model's own method)."""
-        step = batch_size or DEFAULT_BATCH
+        """Raw scores ``[N, A]`` of regression texts and how many were cut to fit (as the model's own method).
+
+        ``batch_size`` texts per request and per prediction batch; ``None``: ``request_size`` per request, predicted
+        in the model's own batches.
+        """
+        step = batch_size or self.request_size or max(len(texts), 1)
         rows: list[list[float]] = []
         truncated = 0
         for start in range(0, len(texts), step):
             chunk = texts[start : start + step]
-            out = self._call("POST", "/v1/attributes", {"model": self.name, "texts": chunk})
+            body = {"model": self.name, "texts": chunk, "batch_size": batch_size}
+            out = self._call("POST", "/v1/attributes", body)
             rows += out["predictions"]
             truncated += int(out["truncated"])
             if progress is not None:

@@ -20,7 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: an event for a job's handler: ``("delta", choice, text)``, ``("done", result)`` or ``("error", exception)``
+#: an event for a job's handler: ``("accepted", None)`` (its prompts fit; generation starts), ``("delta", choice,
+#: text)``, ``("done", result)`` or ``("error", exception)``
 Event = tuple[Any, ...]
 
 
@@ -66,9 +67,18 @@ class BatchEngine:
         max_batch: the most rows of one batch (a job larger than this runs alone).
         max_pending: the most jobs admitted at once, waiting or running.
         batch_wait_s: how long the worker waits after the first job for others to join its batch.
+        on_exit: called on the worker thread when it stops (after its last batch): a TP/PP server tells the other
+            ranks to stop from the thread that made their calls.
     """
 
-    def __init__(self, run_batch: BatchRunner, max_batch: int, max_pending: int, batch_wait_s: float) -> None:
+    def __init__(
+        self,
+        run_batch: BatchRunner,
+        max_batch: int,
+        max_pending: int,
+        batch_wait_s: float,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         if max_batch < 1 or max_pending < 1 or batch_wait_s < 0:
             raise ValueError("max_batch and max_pending must be >= 1 and batch_wait_s >= 0")
         self.run_batch, self.max_batch, self.max_pending, self.batch_wait_s = (
@@ -82,6 +92,7 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.on_exit = on_exit
         self.stats = {"admitted": 0, "rejected": 0, "cancelled": 0, "batches": 0, "rows": 0, "largest_batch": 0}
 
     # --- the handlers' side -----------------------------------------------------------------------------------
@@ -157,7 +168,26 @@ class BatchEngine:
                     self._queue.remove(job)
             return batch
 
+    @property
+    def started(self) -> bool:
+        """Whether the worker thread was started."""
+        return self._thread is not None
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Waits for the worker thread to end (after :meth:`stop`); whether it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _serve(self) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:

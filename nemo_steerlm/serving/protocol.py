@@ -268,12 +268,20 @@ def settled_text(text: str, stops: tuple[str, ...]) -> str:
     return text[: len(text) - hold].rstrip("\ufffd")
 
 
-def scored_texts(body: Mapping[str, Any]) -> list[str]:
-    """The ``texts`` of a raw scoring request: regression texts as annotate renders them (ending ``<extra_id_2>``)."""
+def scored_texts(body: Mapping[str, Any], max_batch: int) -> tuple[list[str], int | None]:
+    """The ``texts`` of a raw scoring request and its ``batch_size``.
+
+    ``texts`` are regression texts as annotate renders them (ending ``<extra_id_2>``); ``batch_size`` sets the
+    prediction batches (more than ``max_batch`` is cut to it; absent or null: the model's own prediction batch, what
+    annotate and evaluate use with the model loaded, so that a client gets exactly the numbers of a loaded model).
+    """
     texts = body.get("texts")
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise RequestError("texts: expected a non-empty list of non-empty strings", "texts")
-    return texts
+    size = body.get("batch_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise RequestError("batch_size: expected a positive integer or null", "batch_size")
+    return texts, None if size is None else min(size, max_batch)
 
 
 def completion_conversations(body: Mapping[str, Any]) -> list[Conversation]:

@@ -7,6 +7,9 @@ what ``generate sampling.greedy=true`` answers. Streaming and disconnects use it
 sends the text that can no longer change (nothing that may still become a stop string, no half-decoded character),
 and a cancelled request's rows stop. Scoring is annotate's :func:`~nemo_steerlm.inference.annotation.score_turns`.
 
+On a TP/PP layout the runners run on global rank 0 and broadcast each model call to the other ranks first
+(:class:`~nemo_steerlm.serving.followers.Peers`); :func:`follow` is the other ranks' side and makes the same calls.
+
 Library code: plain arguments in, no Hydra config.
 """
 
@@ -20,6 +23,7 @@ from nemo_steerlm.attributes import TURN_MARKER
 from nemo_steerlm.errors import UserError
 from nemo_steerlm.models.generation import Generation, SamplingParams, encode_prompts, generate_prepared
 from nemo_steerlm.serving.engine import Job
+from nemo_steerlm.serving.followers import Peers
 from nemo_steerlm.serving.protocol import GenerationRequest, RequestError, Sampling, cut_at_stops, settled_text
 
 
@@ -75,12 +79,14 @@ class SteerRunner:
     """Runs batches of generation jobs on a SteerLM SFT model (payload: a :class:`GenerationRequest`).
 
     Args:
-        model: a :class:`~nemo_steerlm.models.sft.SteerLMSFTModel` (single process).
+        model: a :class:`~nemo_steerlm.models.sft.SteerLMSFTModel` (one replica: a single process, or global rank 0
+            of a TP/PP layout whose other ranks :func:`follow`).
         seed: seeds the generator of the sampling seeds drawn for requests without ``seed``.
+        peers: the other ranks of a TP/PP layout (``None`` in a single process).
     """
 
-    def __init__(self, model: Any, seed: int) -> None:
-        self.model = model
+    def __init__(self, model: Any, seed: int, peers: Peers | None = None) -> None:
+        self.model, self.peers = model, peers
         self._seeds = random.Random(seed)
         #: tokens generated so far, rows of cancelled requests included (how far a cancelled row got shows here)
         self.stats = {"generated_tokens": 0}
@@ -101,6 +107,7 @@ class SteerRunner:
                 job.send(("error", RequestError(str(err), "max_tokens")))
                 continue
             encoded_by_job[id(job)] = encoded
+            job.send(("accepted", None))  # a stream's response starts now (its refusals came before)
             stops = (TURN_MARKER, *req.sampling.stop)
             for p, enc in enumerate(encoded):
                 for c in range(req.sampling.n):
@@ -118,7 +125,11 @@ class SteerRunner:
             seed=seed,
             batch_size=len(rows),
         )
-        results = generate_prepared(self.model, prompts, truncated, params, self._on_token(rows))
+        agree = None
+        if self.peers is not None:  # every rank runs the same generation; rank 0 settles the stops each step
+            self.peers.send("generate", prompts, truncated, params)
+            agree = self.peers.agree
+        results = generate_prepared(self.model, prompts, truncated, params, self._on_token(rows), agree)
         self.stats["generated_tokens"] += sum(len(g.token_ids) for g in results)
         for job in jobs:
             if id(job) in encoded_by_job:
@@ -167,15 +178,18 @@ class ScoreRunner:
     """Runs batches of scoring jobs on an attribute model.
 
     A job's payload is ``("conversations", [Conversation, ...])`` (each assistant turn scored, annotate's label) or
-    ``("texts", [str, ...])`` (regression texts: the raw outputs, as ``predict_texts`` gives them to annotate).
+    ``("texts", [str, ...], batch_size)`` (regression texts: the raw outputs, as ``predict_texts`` gives them to
+    annotate and evaluate; ``batch_size`` ``None`` = the model's own).
 
     Args:
-        model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel` (single process).
+        model: an :class:`~nemo_steerlm.models.apm.AttributePredictionModel` (one replica, as for
+            :class:`SteerRunner`).
         batch_size: samples per prediction batch.
+        peers: the other ranks of a TP/PP layout (``None`` in a single process).
     """
 
-    def __init__(self, model: Any, batch_size: int) -> None:
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model: Any, batch_size: int, peers: Peers | None = None) -> None:
+        self.model, self.batch_size, self.peers = model, batch_size, peers
 
     def __call__(self, jobs: list[Job]) -> None:
         """Scores every assistant turn of all jobs' conversations in one call; sends each job its turns."""
@@ -185,6 +199,8 @@ class ScoreRunner:
         from nemo_steerlm.inference.annotation import score_turns
 
         convs = [conv for job in jobs for conv in job.payload[1]]
+        if self.peers is not None:
+            self.peers.send("score", convs)
         scored, _ = score_turns(self.model, convs, self.batch_size)
         written = self.model.labelled_schema
         per_conv: list[list[dict[str, Any]]] = [[] for _ in convs]
@@ -206,5 +222,32 @@ class ScoreRunner:
     def _texts(self, jobs: list[Job]) -> None:
         """Raw outputs per job (one prediction call each: its count of texts cut to fit is its own)."""
         for job in jobs:
-            preds, truncated = self.model.predict_texts(list(job.payload[1]), self.batch_size)
+            _, texts, size = job.payload
+            if self.peers is not None:
+                self.peers.send("texts", list(texts), size)
+            preds, truncated = self.model.predict_texts(list(texts), size)
             job.send(("done", {"predictions": preds.tolist(), "truncated": int(truncated)}))
+
+
+def follow(model: Any, peers: Peers, batch_size: int) -> int:
+    """A rank other than 0 of a TP/PP layout: makes the model calls rank 0's runner broadcasts until it stops.
+
+    Args:
+        model: this rank's part of the SFT or attribute model.
+        peers: the job's ranks.
+        batch_size: samples per prediction batch (the :class:`ScoreRunner`'s).
+
+    Returns:
+        How many calls were made.
+    """
+    from nemo_steerlm.inference.annotation import score_turns
+
+    def generate(prompts: list[list[int]], truncated: list[bool], params: SamplingParams) -> None:
+        generate_prepared(model, prompts, truncated, params, None, peers.agree)
+
+    handlers = {
+        "generate": generate,
+        "score": lambda convs: score_turns(model, convs, batch_size),
+        "texts": lambda texts, size: model.predict_texts(texts, size),
+    }
+    return peers.follow(handlers)

@@ -178,6 +178,22 @@ def test_bad_requests_get_openai_error_bodies(server: str, body: dict, status: i
     assert set(error) == {"message", "type", "param", "code"}
 
 
+def test_a_stream_whose_budget_leaves_no_room_is_refused_before_it_starts(server: str, client: openai.OpenAI) -> None:
+    # only the runner knows the prompt's length: the stream waits for its verdict before answering 200
+    body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 500, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as res:
+        res.read()
+    assert res.status_code == 400 and res.headers["content-type"].startswith("application/json"), res.text
+    assert res.json()["error"]["param"] == "max_tokens" and "data:" not in res.text
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="sft", prompt="Hello", max_tokens=500, stream=True)
+    assert err.value.body["param"] == "max_tokens"
+    ok_body = {**body, "max_tokens": 3}  # the same request with room streams as before
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=ok_body, timeout=60) as res:
+        events = [line for line in res.iter_lines() if line]
+    assert res.status_code == 200 and events[-1] == "data: [DONE]"
+
+
 def test_openai_client_raises_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "x"}],
@@ -262,3 +278,9 @@ def test_bad_settings_stop_with_one_line(tiny_sft: Path, tmp_path: Path) -> None
     assert res.returncode == 2 and f"port={port}: cannot listen there" in last, res.stderr[-2000:]
     res = steerlm("serve", f"model={tiny_sft / 'sft.nemo'}", f"output_dir={tmp_path / 'c'}", "steer.humor=1")
     assert res.returncode == 2 and "steer.humor=1" in res.stderr.strip().splitlines()[-1]
+    # one copy of the model over all processes: TP x PP must use every device (no data-parallel replicas)
+    res = steerlm(
+        "serve", f"model={tiny_sft / 'sft.nemo'}", f"output_dir={tmp_path / 'd'}", "layout.tensor_model_parallel_size=2"
+    )
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "trainer.devices x trainer.num_nodes (1) must equal" in last, res.stderr[-2000:]

@@ -81,6 +81,20 @@ def test_annotate_with_scorer_url_writes_what_the_loaded_model_writes(server: st
     assert res.returncode == 2 and "scorer_url=http://127.0.0.1:9" in res.stderr.strip().splitlines()[-1]
 
 
+def test_evaluate_with_scorer_url_writes_what_the_loaded_model_writes(server: str, tiny_apm: Path, tmp_path: Path):
+    data = tiny_apm / "data"
+    ok(steerlm("evaluate", f"apm={tiny_apm / 'apm.nemo'}", f"data={data}", f"output_dir={tmp_path / 'local'}"))
+    ok(steerlm("evaluate", f"scorer_url={server}", f"data={data}", f"output_dir={tmp_path / 'remote'}"))
+    for name in ("apm_predictions.jsonl", "apm_metrics.json"):  # the predictions to 6 decimals, the metrics in full
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    local, remote = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "remote"))
+    assert remote["apm"] == local["apm"] and remote["inputs"]["scorer_url"] == server
+    args = [f"scorer_url={server}", f"apm={tiny_apm / 'apm.nemo'}", f"data={data}", f"output_dir={tmp_path / 'x'}"]
+    res = steerlm("evaluate", *args)
+    assert res.returncode == 2 and "give one attribute model, not both" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
+
+
 def test_scoring_server_refuses_generation_and_bad_input(server: str) -> None:
     res = httpx.post(f"{server}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
     assert res.status_code == 404 and res.json()["error"]["code"] == "unsupported_endpoint"

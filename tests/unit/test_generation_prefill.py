@@ -74,3 +74,29 @@ def test_prefilled_batch_equals_unbatched_greedy_and_the_stepwise_loop(model, le
     for prompt, g, s in zip(prompts, got, stepwise, strict=True):
         assert g.token_ids == _reference(model, prompt)
         assert g.token_ids == s.token_ids
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["prefilled", "stepwise"])
+def test_stop_agreement_stops_the_same_rows_on_a_rank_without_the_callback(model, use_cache):
+    # the leader's on_token stops row 1 after 3 tokens; agree carries its requests once per step to a follower,
+    # which has no on_token: both must stop the same row at the same step and run the same number of steps
+    from nemo_steerlm.models.generation import SamplingParams, generate_batch
+
+    prompts = _prompts((6, 9))
+    params = SamplingParams(max_new_tokens=NEW, greedy=True, stop_text="", batch_size=2, use_cache=use_cache)
+    sent: list[list[bool]] = []
+
+    def leader_agree(requested: list[bool]) -> list[bool]:
+        sent.append(list(requested))
+        return list(requested)
+
+    replies = iter(sent)
+    on_token = lambda i, gen: not (i == 1 and len(gen.token_ids) >= 3)  # noqa: E731
+    lead = generate_batch(model, prompts, params, TOKENIZER, len(TOKENIZER), torch.Generator(), on_token, leader_agree)
+    follow = generate_batch(model, prompts, params, TOKENIZER, len(TOKENIZER), torch.Generator(), None,
+                            lambda requested: next(replies))  # fmt: skip
+    alone = generate_batch(model, prompts, params, TOKENIZER, len(TOKENIZER), torch.Generator())
+    assert [g.stop_reason for g in lead] == [g.stop_reason for g in follow] == ["max_new_tokens", "cancelled"]
+    assert [g.token_ids for g in lead] == [g.token_ids for g in follow]
+    assert lead[1].token_ids == alone[1].token_ids[:3] and lead[0].token_ids == alone[0].token_ids
+    assert len(sent) == NEW and sum(map(any, sent)) == 1  # one agreement per step; the stop asked for once

@@ -20,6 +20,7 @@ from nemo_steerlm.serving.protocol import (
     read_sampling,
     resolve_label,
     scored_conversations,
+    scored_texts,
     settled_text,
 )
 
@@ -130,6 +131,12 @@ def test_scoring_and_completion_requests() -> None:
     convs = completion_conversations({"prompt": ["a", "b"], "system": "S"})
     assert [(c.system, c.turns[0].role, c.turns[0].value) for c in convs] == [("S", "User", "a"), ("S", "User", "b")]
     assert refused(completion_conversations, {"prompt": ""}).param == "prompt"
+    # raw texts: null batch = the model's own batches; a larger batch than the server's is cut to it
+    assert scored_texts({"texts": ["a", "b"]}, 8) == (["a", "b"], None)
+    assert scored_texts({"texts": ["a"], "batch_size": 3}, 8) == (["a"], 3)
+    assert scored_texts({"texts": ["a"], "batch_size": 64}, 8) == (["a"], 8)
+    assert refused(scored_texts, {"texts": ["a"], "batch_size": 0}, 8).param == "batch_size"
+    assert refused(scored_texts, {"texts": []}, 8).param == "texts"
 
 
 def test_stop_strings_and_settled_stream_text() -> None:
