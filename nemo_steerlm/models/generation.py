@@ -30,6 +30,7 @@ the length-sorted prompts and gather the results, so every rank returns every re
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -411,12 +412,22 @@ def _data_parallel_share(order: list[int]) -> list[int]:
     return order[rank::size]
 
 
+def spread_bound(module: torch.nn.Module, params: SamplingParams) -> int:
+    """How far prompt lengths in one batch may differ (see :func:`length_batches`); unbounded for batched prefill."""
+    if params.use_cache and isinstance(module, PositionAwareGPTModel):
+        return sys.maxsize
+    return max(params.max_new_tokens // 2, 8)
+
+
 def length_batches(order: list[int], lengths: list[int], batch_size: int, max_spread: int) -> list[list[int]]:
     """Cuts length-sorted prompt indices into batches of at most ``batch_size`` whose lengths differ by ``max_spread``.
 
-    A batch is prefilled up to its shortest prompt and the longer prompts are then fed one token per step, so a wide
-    spread costs steps for the whole batch; a new batch costs ``max_new_tokens`` decode steps. Bounding the spread by
-    about half of that keeps both small.
+    For the stepwise loop (no KV cache, or a model whose RoPE cannot follow per-row positions): a batch is prefilled
+    up to its shortest prompt and the longer prompts are then fed one token per step, so a wide spread costs steps
+    for the whole batch; a new batch costs ``max_new_tokens`` decode steps. Bounding the spread by about half of that
+    keeps both small. The batched prefill (:func:`_decode_prefilled`) needs no bound: a spread costs only the masked
+    padding of one prefill, while every extra batch costs ``max_new_tokens`` decode steps
+    (:func:`spread_bound` picks).
     """
     batches: list[list[int]] = []
     for i in order:
@@ -467,7 +478,7 @@ def generate_prepared(
     generator = torch.Generator(device=parallel.device()).manual_seed(params.seed)
     results: list[tuple[int, Generation]] = []
     lengths = [len(p) for p in prompts]
-    for idx in length_batches(mine, lengths, params.batch_size, max(params.max_new_tokens // 2, 8)):
+    for idx in length_batches(mine, lengths, params.batch_size, spread_bound(model.model, params)):
         hook = None if on_token is None else (lambda j, gen, idx=idx: on_token(idx[j], gen))
         batch = generate_batch(
             model.model,

@@ -19,3 +19,20 @@ def test_length_batches_cover_all_in_order_with_bounded_spread(lengths, batch_si
 def test_length_batches_split_on_spread_not_only_size():
     lengths = [10, 12, 40, 41, 42]
     assert length_batches([0, 1, 2, 3, 4], lengths, 8, 8) == [[0, 1], [2, 3, 4]]
+
+
+def test_batched_prefill_fills_batches_whatever_the_spread():
+    """With the KV cache and per-row RoPE positions a spread costs only masked padding in one prefill, so batches are
+    cut by size alone; the stepwise loop keeps the bound (each spread token costs a decode step for the batch)."""
+    import torch
+
+    from nemo_steerlm.models.generation import SamplingParams, spread_bound
+    from nemo_steerlm.models.gpt import PositionAwareGPTModel
+
+    params = SamplingParams(max_new_tokens=64, greedy=True, batch_size=8)
+    prefilled = object.__new__(PositionAwareGPTModel)
+    lengths = [5, 90, 180, 400, 410, 800]
+    order = list(range(len(lengths)))
+    assert length_batches(order, lengths, 4, spread_bound(prefilled, params)) == [[0, 1, 2, 3], [4, 5]]
+    assert spread_bound(torch.nn.Linear(1, 1), params) == 32
+    assert spread_bound(prefilled, SamplingParams(max_new_tokens=64, greedy=True, use_cache=False)) == 32
