@@ -3,7 +3,8 @@
 Run ``nemo-steerlm launch [overrides]``; ``action=submit`` (default) renders one sbatch script per step of the
 ``launch`` config group and submits them as an ``afterok`` chain (``dry_run=true`` only prints them);
 ``action=status chain=RUN_DIR`` prints ``sacct``/``squeue`` states of the chain's jobs; ``action=cancel chain=RUN_DIR``
-cancels them. This module turns Hydra config into the plain specs of :mod:`launchers` (which reads no config).
+cancels them. This module turns Hydra config into the plain specs of :mod:`nemo_steerlm.launchers` (which reads no
+config).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-import launchers
-from launchers.render import stage_command
-from launchers.slurm import client_runner, code_version, write_scripts
-from launchers.spec import flatten_overrides
+from nemo_steerlm import launchers
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.launchers.render import stage_command
+from nemo_steerlm.launchers.slurm import client_runner, code_version, write_scripts
+from nemo_steerlm.launchers.spec import flatten_overrides
 from nemo_steerlm.megatron.config import ConfigError
 from nemo_steerlm.recipes.common import check_stage_layout, run_stage, stage_app
 from nemo_steerlm.stages import BY_NAME, Stage

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launchers import ChainSpec, ClusterSpec, StepSpec, render_chain, submit
-from launchers.slurm import client_runner, write_scripts
+from nemo_steerlm.launchers import ChainSpec, ClusterSpec, StepSpec, render_chain, submit
+from nemo_steerlm.launchers.slurm import client_runner, write_scripts
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[2]

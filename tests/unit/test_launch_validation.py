@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from launchers import ClusterSpec
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.launchers import ClusterSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("nemo-steerlm"))

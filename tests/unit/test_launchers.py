@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from launchers import ChainSpec, ClusterSpec, LaunchError, StepSpec, check_chain, render_chain
-from launchers.slurm import format_status, load_manifest
-from launchers.spec import flatten_overrides, hydra_value
+from nemo_steerlm.launchers import ChainSpec, ClusterSpec, LaunchError, StepSpec, check_chain, render_chain
+from nemo_steerlm.launchers.slurm import format_status, load_manifest
+from nemo_steerlm.launchers.spec import flatten_overrides, hydra_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("nemo-steerlm"))
@@ -51,7 +51,8 @@ def test_bad_layout_exits_2_naming_keys(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 2
-    assert "model.pipeline_model_parallel_size=3" in done.stderr and "256 devices" in done.stderr
+    assert "`model.pipeline_model_parallel_size` (3)" in done.stderr and "world size 256" in done.stderr
+    assert "`model.num_layers` (80) is not divisible by `model.pipeline_model_parallel_size` (3)" in done.stderr
 
 
 def _step(**kw: object) -> StepSpec:
@@ -87,7 +88,7 @@ def test_render_array_merge_and_distributed_env() -> None:
 
 
 def test_container_flags() -> None:
-    from launchers import ContainerSpec
+    from nemo_steerlm.launchers import ContainerSpec
 
     box = ContainerSpec(image="nvcr.io#nvidia/nemo:24.07", mounts=("/lustre:/lustre",), workdir="/lustre/code")
     cluster = ClusterSpec(name="g", devices_per_node=8, gpus=True, cpus_per_task=1, time="1:00", container=box)
@@ -117,7 +118,8 @@ def test_manifest_round_trip_and_table(tmp_path: Path) -> None:
 
 
 def test_launchers_import_no_torch() -> None:
-    code = "import sys, launchers, launchers.slurm; bad = {'torch', 'megatron', 'nemo'} & set(sys.modules); print(bad)"
+    code = "import sys, nemo_steerlm.launchers.slurm; "
+    code += "print({'torch', 'megatron', 'nemo', 'omegaconf'} & set(sys.modules))"
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "set()"

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from launchers.render import JobScript, launch_dir
-from launchers.spec import ChainSpec, ClusterSpec, LaunchError
+from nemo_steerlm.launchers.render import JobScript, launch_dir
+from nemo_steerlm.launchers.spec import ChainSpec, ClusterSpec, LaunchError
 
 MANIFEST = "chain.json"
 

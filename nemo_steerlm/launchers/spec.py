@@ -1,7 +1,7 @@
 """Plain, typed descriptions of a SLURM cluster and of the steps of a chain.
 
-The ``launch`` recipe builds these from Hydra config; nothing in :mod:`launchers` reads Hydra config itself, and
-nothing here imports torch, megatron or NeMo (the launcher runs on login nodes without them).
+The ``launch`` recipe builds these from Hydra config; nothing in :mod:`nemo_steerlm.launchers` reads Hydra config
+itself, and nothing here imports torch, megatron or NeMo (the launcher runs on login nodes without them).
 """
 
 from __future__ import annotations

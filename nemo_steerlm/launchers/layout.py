@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from launchers.spec import ChainSpec, ClusterSpec, LaunchError, StepSpec
+from nemo_steerlm.launchers.spec import ChainSpec, ClusterSpec, LaunchError, StepSpec
 
 _STEP_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 

@@ -14,8 +14,8 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from launchers.layout import devices_per_node
-from launchers.spec import REQUEUE_SIGNAL, ChainSpec, ClusterSpec, StepSpec
+from nemo_steerlm.launchers.layout import devices_per_node
+from nemo_steerlm.launchers.spec import REQUEUE_SIGNAL, ChainSpec, ClusterSpec, StepSpec
 
 
 @dataclass(frozen=True)
