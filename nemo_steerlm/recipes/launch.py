@@ -22,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from nemo_steerlm import launchers
 from nemo_steerlm.errors import UserError
+from nemo_steerlm.launchers.layout import devices_per_node
 from nemo_steerlm.launchers.render import stage_command
 from nemo_steerlm.launchers.slurm import client_runner, code_version, write_scripts
 from nemo_steerlm.launchers.spec import flatten_overrides
@@ -67,7 +68,7 @@ def check_step_layout(step: launchers.StepSpec, cluster: launchers.ClusterSpec) 
     Raises:
         UserError: the step, the layout problem (config keys) and the launch keys that set the device count.
     """
-    per_node = step.devices_per_node if step.devices_per_node is not None else cluster.devices_per_node
+    per_node = devices_per_node(step, cluster)
     forced = {"trainer.devices": str(per_node), "trainer.num_nodes": str(step.nodes)}
     overrides = [f"{k}={v}" for k, v in {**step.overrides, **forced}.items()]
     try:
@@ -78,8 +79,8 @@ def check_step_layout(step: launchers.StepSpec, cluster: launchers.ClusterSpec) 
     try:
         check_stage_layout(composed)
     except ConfigError as err:
-        devices = "devices_per_node" if step.devices_per_node is not None else None
-        devices_key = f"launch.steps.{step.name}.{devices}" if devices else "cluster.devices_per_node"
+        own = step.devices_per_node is not None
+        devices_key = f"launch.steps.{step.name}.devices_per_node" if own else "cluster.devices_per_node"
         raise UserError(
             f"step {step.name!r} (launch.steps.{step.name}): {err} (the job runs launch.steps.{step.name}.nodes="
             f"{step.nodes} × {devices_key}={per_node} processes)"
