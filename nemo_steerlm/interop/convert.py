@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.attributes import TURN_MARKER, AttributeSchema
 from nemo_steerlm.config_files import literal_values, load_conf
+from nemo_steerlm.config_schema import ModelConfig, SftModelConfig
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.interop.chat_template import steerlm_chat_template
 from nemo_steerlm.interop.hf_llama import (
@@ -119,7 +120,9 @@ def build_model_config(
     The values a stage's YAML writes out come from those files (nothing is copied here): layout and numerics from
     ``conf/network/gpt.yaml`` with the layout defaults of ``conf/import_hf.yaml``, the optimizer constants (Adam
     betas, eps, clipping) from ``conf/train_apm.yaml`` or ``conf/train_sft.yaml``. The shape is the Hugging Face
-    model's; learning-rate settings are placeholders (an imported model is not trained by this config).
+    model's; learning-rate settings are placeholders (an imported model is not trained by this config). The result
+    is typed by the training stages' schema of their ``model`` section (:class:`~nemo_steerlm.config_schema.ModelConfig`
+    or ``SftModelConfig``), plus ``target``.
 
     Args:
         hf_config: the Hugging Face ``config.json`` dict.
@@ -147,6 +150,8 @@ def build_model_config(
         "tensor_model_parallel_size": tp,
         "pipeline_model_parallel_size": pp,
         **{k: yaml[k] for k in ("sequence_parallel", "params_dtype", "core_attention", "seed")},
+        # no activation recomputation (a preset's setting; the stage that trains the model sets its own)
+        **dict.fromkeys(("recompute_granularity", "recompute_method", "recompute_num_layers")),
         "tokenizer": {"path": str(tokenizer_dir)},
         "attributes": {
             "names": list(schema.names),
@@ -164,13 +169,15 @@ def build_model_config(
             "weight_decay": 0.0,
             **literal_values(load_conf(f"train_{model_type}.yaml").model.optim),  # betas, eps, clip_grad
         },  # fmt: skip
-        "data": {"train": None, "validation": None, "packing": False},
-        "target": MODEL_CLASSES[model_type],
+        "data": {"train": None, "validation": None, **({"packing": False} if model_type == "sft" else {})},
     }
     cfg.update(layout)
-    conf = OmegaConf.create(cfg)
+    # typed by the schema of a training stage's model section: the same fields and types train-apm/train-sft write
+    conf = OmegaConf.merge(OmegaConf.structured(SftModelConfig if model_type == "sft" else ModelConfig), cfg)
     for key, value in (extra or {}).items():
         OmegaConf.update(conf, key, value, merge=True)
+    with open_dict(conf):
+        conf.target = MODEL_CLASSES[model_type]
     return conf
 
 

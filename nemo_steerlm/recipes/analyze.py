@@ -22,7 +22,7 @@ def _read(cfg: DictConfig, schema: Any) -> Any:
     from nemo_steerlm.evaluation import analysis
 
     if cfg.data is not None:
-        path = Path(str(cfg.data))
+        path = Path(cfg.data)
         if path.is_dir():
             if not (path / "sft" / "train.jsonl").is_file() or not (path / "sft" / "val.jsonl").is_file():
                 raise MissingInputError(

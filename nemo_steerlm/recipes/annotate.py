@@ -31,7 +31,7 @@ def output_name(data: Path) -> str:
 
 def layout_overrides(cfg: DictConfig) -> dict[str, Any]:
     """Model-config overrides for the requested layout; the global batch is one micro-batch per replica."""
-    return inference_layout(cfg.layout, int(cfg.layout.micro_batch_size))
+    return inference_layout(cfg.layout, cfg.layout.micro_batch_size)
 
 
 def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
@@ -41,8 +41,8 @@ def merge(cfg: DictConfig, output_dir: Path, data: Path) -> dict[str, Any]:
 
     total = sum(1 for _ in read_jsonl(data))
     target = output_dir / output_name(data)
-    rows = merge_shards(output_dir / "shards", int(cfg.num_shards), total, sha256_file(data), target)
-    return {"output": str(target), "rows": rows, "merged_shards": int(cfg.num_shards)}
+    rows = merge_shards(output_dir / "shards", cfg.num_shards, total, sha256_file(data), target)
+    return {"output": str(target), "rows": rows, "merged_shards": cfg.num_shards}
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -50,27 +50,27 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from nemo_steerlm.inference import annotation
 
     data = require_path(cfg, "data", "an SFT JSONL file to label")
-    if bool(cfg.merge_shards):
+    if cfg.merge_shards:
         return merge(cfg, output_dir, data)
     model, model_path, model_sha256 = _scorer(cfg)
     schema = model.schema if model is not None else _schema(model_path)
     conversations = read_sft_jsonl(data, schema)  # bad data fails here, before the model loads or anything is written
-    num_shards, shard_index = int(cfg.num_shards), int(cfg.shard_index)
+    num_shards, shard_index = cfg.num_shards, cfg.shard_index
     start, end = annotation.shard_range(len(conversations), shard_index, num_shards)
     sharded = num_shards > 1
     state_dir = output_dir / "shards" / f".state_{shard_index:05d}" if sharded else output_dir / STATE_DIR
     target = annotation.shard_file(output_dir / "shards", shard_index) if sharded else output_dir / output_name(data)
-    identity = annotation.job_identity(model_path, data, int(cfg.chunk_size), (shard_index, num_shards), model_sha256)
+    identity = annotation.job_identity(model_path, data, cfg.chunk_size, (shard_index, num_shards), model_sha256)
     model = model if model is not None else _restore(model_path, cfg)
     mine = conversations[start:end]
-    bar = tqdm(total=len(mine), unit="row", desc="annotate", disable=not (bool(cfg.progress) and is_global_rank_zero()))
+    bar = tqdm(total=len(mine), unit="row", desc="annotate", disable=not (cfg.progress and is_global_rank_zero()))
     paths, stats = annotation.run_chunks(
         model,
         mine,
         state_dir,
         identity,
-        int(cfg.chunk_size),
-        None if cfg.batch_size is None else int(cfg.batch_size),
+        cfg.chunk_size,
+        None if cfg.batch_size is None else cfg.batch_size,
         progress=bar.update,
     )
     bar.close()
@@ -92,7 +92,7 @@ def _scorer(cfg: DictConfig) -> tuple[Any, Path | None, str | None]:
     if cfg.scorer_url is not None:
         from nemo_steerlm.serving.client import RemoteScorer
 
-        scorer = RemoteScorer(str(cfg.scorer_url))
+        scorer = RemoteScorer(cfg.scorer_url)
         return scorer, None, scorer.sha256
     return None, require_path(cfg, "model", "an attribute model .nemo made by train-apm (model=PATH)"), None
 
@@ -126,7 +126,7 @@ def _finish(paths: list[Path], target: Path, state_dir: Path, identity: dict, sh
 @stage_app("annotate")
 def main(cfg: DictConfig, stage: Stage) -> None:
     """Hydra entry point."""
-    if not bool(cfg.merge_shards):  # a merge needs no model: no torchrun, no NeMo or megatron imports
+    if not cfg.merge_shards:  # a merge needs no model: no torchrun, no NeMo or megatron imports
         from nemo_steerlm.recipes.common import relaunch_under_torchrun
 
         relaunch_under_torchrun(cfg, stage)
@@ -135,9 +135,9 @@ def main(cfg: DictConfig, stage: Stage) -> None:
 
 def job_name(cfg: DictConfig) -> str:
     """The lock and fingerprint name: the shards of one job (and their merge) write one folder side by side."""
-    if bool(cfg.merge_shards):
+    if cfg.merge_shards:
         return "annotate.merge"
-    return f"annotate.shard_{int(cfg.shard_index):05d}" if int(cfg.num_shards) > 1 else "annotate"
+    return f"annotate.shard_{cfg.shard_index:05d}" if cfg.num_shards > 1 else "annotate"
 
 
 if __name__ == "__main__":

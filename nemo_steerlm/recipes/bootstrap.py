@@ -35,15 +35,15 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     data = require_path(cfg, "data", "the SFT training JSONL (its prompts and labels)")
     check_kind(sft_path, "sft")
     check_kind(apm_path, "apm")
-    if int(cfg.samples_per_prompt) < 1:
+    if cfg.samples_per_prompt < 1:
         raise UserError(f"samples_per_prompt={cfg.samples_per_prompt}: must be at least 1")
     params = sampling_params(cfg.sampling, "sampling")
     sft, apm = restore_nemo(sft_path, "sft"), restore_nemo(apm_path, "apm")
     conversations = read_sft_jsonl(data, sft.schema)
     if cfg.max_prompts is not None:
-        conversations = _first_prompts(conversations, int(cfg.max_prompts))
+        conversations = _first_prompts(conversations, cfg.max_prompts)
     try:
-        lines, stats = bootstrap_round(sft, apm, conversations, int(cfg.samples_per_prompt), params, int(cfg.seed))
+        lines, stats = bootstrap_round(sft, apm, conversations, cfg.samples_per_prompt, params, cfg.seed)
     except ValueError as err:
         raise UserError(f"data={data}: {err}") from None
     original = [sft_line(c) for c in conversations] if cfg.include_original else []

@@ -8,7 +8,6 @@ Hydra config.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import os
@@ -20,19 +19,19 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from nemo_steerlm import config_files, stages
+from nemo_steerlm import config_files, config_schema, stages
 from nemo_steerlm.attributes import AttributeSchema, LabelError
 from nemo_steerlm.data.io import write_json_atomic
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.ranks import is_global_rank_zero, launcher_rank, started_by_launcher, world_size
+from nemo_steerlm.sampling import SamplingParams
 from nemo_steerlm.stages import Stage
 
 CONF_DIR = str(config_files.CONF_DIR)
-
-# numeric defaults that Lightning also accepts as text (``trainer.precision=bf16-mixed``)
-TEXT_ALLOWED = frozenset({"trainer.precision"})
+# the YAML files name their schemas (`- train_apm_schema`): whoever composes them from CONF_DIR finds them stored
+config_schema.register()
 
 StageBody = Callable[[DictConfig, Path], "dict[str, Any] | None"]
 
@@ -47,23 +46,27 @@ def stage_app(name: str) -> Callable[[Callable[[DictConfig, Stage], None]], Call
 
     ``name`` is the stage's command-line name in :mod:`nemo_steerlm.stages`, the one place a recipe names itself;
     the decorated function gets the :class:`~nemo_steerlm.stages.Stage` (for :func:`run_stage` and
-    :func:`relaunch_under_torchrun`). Overrides come from argv.
+    :func:`relaunch_under_torchrun`). Overrides come from argv. A config Hydra cannot compose against the stage's
+    schema (:mod:`nemo_steerlm.config_schema`: a value of the wrong type, an unknown key) is one error line naming
+    the key, exit 2, before any work.
     """
+    from hydra.errors import ConfigCompositionException
+
     stage = stages.stage(name)
 
     def decorate(task: Callable[[DictConfig, Stage], None]) -> Callable[[], None]:
-        def checked(cfg: DictConfig) -> None:
-            bad = mistyped_value(cfg, stage.config)
-            if bad is not None:
-                _fail(stage.name, bad)
-            task(cfg, stage)
-
         @functools.wraps(task)
         def main() -> None:
             given = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
             sys.argv += [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
+            # Hydra then raises composition errors instead of printing them and exiting 1
+            os.environ.setdefault("HYDRA_FULL_ERROR", "1")
             try:
-                hydra.main(config_path=CONF_DIR, config_name=stage.config, version_base=None)(checked)()
+                hydra.main(config_path=CONF_DIR, config_name=stage.config, version_base=None)(
+                    lambda cfg: task(cfg, stage)
+                )()
+            except ConfigCompositionException as err:
+                _fail(stage.name, config_error(err))
             finally:
                 teardown_distributed()
 
@@ -72,48 +75,30 @@ def stage_app(name: str) -> Callable[[Callable[[DictConfig, Stage], None]], Call
     return decorate
 
 
+_EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
+
+
+def config_error(err: Exception) -> str:
+    """A config composition or validation error in one line: ``KEY=VALUE: expected an integer (...)``.
+
+    Args:
+        err: Hydra's ``ConfigCompositionException`` (its cause is OmegaConf's error, with the key), or an OmegaConf
+            error raised while an interpolation resolves.
+    """
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    key = getattr(cause, "full_key", None)
+    reason = str(getattr(cause, "msg", None) or cause).split("\n")[0]
+    if not isinstance(cause, ValidationError) or not key:  # an unknown key or group: Hydra says what to write
+        said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        return said if cause is err else f"{said}: {reason}"
+    override = str(err).split("\n")[0].removeprefix("Error merging override ")
+    shown = override if override.split("=", 1)[0].lstrip("+~") == key else f"{key}={getattr(cause, 'value', '?')}"
+    expected = next((words for kind, words in _EXPECTED.items() if reason.endswith(f"converted to {kind}")), None)
+    return f"{shown}: expected {expected} ({reason})" if expected else f"{shown}: {reason}"
+
+
 #: how long a rank waits for a file that global rank 0 makes (seconds; ``NEMO_STEERLM_RANK_WAIT_S`` overrides)
 RANK_WAIT_S = 1800.0
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_leaves(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
-def _container(cfg: DictConfig) -> Any:
-    """The config as plain containers, interpolations resolved where they resolve (left as text otherwise)."""
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - a broken interpolation is reported by the stage itself, with its key
-        return OmegaConf.to_container(cfg, resolve=False)
-
-
-def mistyped_value(cfg: DictConfig, config_name: str) -> str | None:
-    """The first setting given as text where the stage's YAML default is a number or a boolean, in words.
-
-    The defaults are composed with the same config-group choices (``preset=``, ``dataset=``); ``None`` when every
-    numeric or boolean setting holds a value of its type (or null).
-    """
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    choices = [f"{g}={c}" for g, c in HydraConfig.get().runtime.choices.items() if "/" not in g and c is not None]
-    choices = [c for c in choices if not c.startswith("hydra")]
-    defaults = _leaves(_container(compose(config_name=config_name, overrides=choices)))
-    given = _leaves(_container(cfg))
-    kinds = {bool: "true or false", int: "an integer", float: "a number"}
-    for key, default in defaults.items():
-        value = given.get(key)
-        if type(default) not in kinds or value is None or key in TEXT_ALLOWED:
-            continue
-        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, (int, float)):
-            return f"{key}={value}: expected {kinds[type(default)]} (the default is {default})"
-    return None
 
 
 def rank_zero_makes(marker: Path, make: Callable[[], object], what: str) -> None:
@@ -166,7 +151,7 @@ def teardown_distributed() -> None:
 def schema_from_cfg(cfg: DictConfig) -> AttributeSchema:
     """Builds the attribute schema from the ``attributes`` config group."""
     a = cfg.attributes
-    return AttributeSchema.create(list(a.names), list(a.drop), int(a.min_value), int(a.max_value))
+    return AttributeSchema.create(list(a.names), list(a.drop), a.min_value, a.max_value)
 
 
 def accept_steer_overrides(argv: list[str]) -> list[str]:
@@ -214,7 +199,7 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = No
     start = time.perf_counter()
     try:
         OmegaConf.resolve(cfg)
-        output_dir = Path(str(cfg.output_dir))
+        output_dir = Path(cfg.output_dir)
         with guard_output_dir(job or stage, cfg, output_dir):
             summary = body(cfg, output_dir)
     except MissingMandatoryValue as err:
@@ -222,6 +207,8 @@ def run_stage(stage: str, cfg: DictConfig, body: StageBody, job: str | None = No
         _fail(stage, f"missing required setting: pass {key}=...")
     except UserError as err:
         _fail(stage, str(err))
+    except ValidationError as err:  # a value that its interpolation gives the wrong type
+        _fail(stage, config_error(err))
     except OSError as err:
         if err.errno not in _STORAGE_HINTS:
             raise
@@ -275,8 +262,8 @@ def relaunch_under_torchrun(cfg: DictConfig, stage: Stage) -> None:
     On a single node this makes ``nemo-steerlm train-apm trainer.devices=2`` just work; on SLURM the launcher's
     ``srun`` starts one task per device instead.
     """
-    devices = int(cfg.trainer.devices)
-    if devices <= 1 or int(cfg.trainer.num_nodes) > 1 or started_by_launcher():
+    devices = cfg.trainer.devices
+    if devices <= 1 or cfg.trainer.num_nodes > 1 or started_by_launcher():
         return
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
     args += ["-m", stage.module, *sys.argv[1:]]
@@ -285,31 +272,25 @@ def relaunch_under_torchrun(cfg: DictConfig, stage: Stage) -> None:
     os.execv(sys.executable, args)
 
 
-def sampling_params(section: DictConfig, key: str) -> Any:
-    """The library's ``SamplingParams`` from a stage's sampling section (the one place that builds it from config).
+def sampling_params(section: DictConfig, key: str) -> SamplingParams:
+    """The library's :class:`~nemo_steerlm.sampling.SamplingParams` from a stage's sampling section.
 
-    Each setting of the section is the field of the same name, as the field's type; fields the section leaves out
-    keep their defaults (``stop_text``, ``use_cache`` where a stage does not offer them).
+    The section's schema is that class (:mod:`nemo_steerlm.config_schema`), so Hydra has checked each field's type;
+    building it runs its range checks.
 
     Args:
         section: ``sampling`` of ``generate`` and ``bootstrap``, ``generation`` of ``evaluate``.
         key: the section's config key, for errors.
 
     Raises:
-        UserError: a setting that is not a sampling field, or a value out of range (naming the field).
+        UserError: a value out of range, naming ``key.field``.
     """
-    from nemo_steerlm.models.generation import SamplingParams
-
-    fields = {f.name: f.type for f in dataclasses.fields(SamplingParams)}
-    casts = {"int": int, "float": float, "bool": bool, "str": str}
-    values: dict[str, Any] = {}
-    for name, value in OmegaConf.to_container(section, resolve=True).items():  # type: ignore[union-attr]
-        if name not in fields:
-            raise UserError(f"{key}.{name}: unknown sampling setting (known: {', '.join(fields)})")
-        kind = fields[name]
-        cast = casts.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
-        values[name] = value if cast is None or value is None else cast(value)
-    return SamplingParams(**values)
+    try:
+        params = OmegaConf.to_object(section)
+    except UserError as err:
+        raise UserError(f"{key}.{err}") from None
+    assert isinstance(params, SamplingParams), f"{key} is not typed by its schema"
+    return params
 
 
 def inference_layout(layout: DictConfig, micro_batch_size: int) -> dict[str, Any]:
@@ -317,7 +298,7 @@ def inference_layout(layout: DictConfig, micro_batch_size: int) -> dict[str, Any
 
     No sequence parallelism; a global batch of one micro-batch per data-parallel replica (world size / TP·PP).
     """
-    tp, pp = int(layout.tensor_model_parallel_size), int(layout.pipeline_model_parallel_size)
+    tp, pp = layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size
     dp = max(world_size() // (tp * pp), 1)
     return {
         "tensor_model_parallel_size": tp,
@@ -341,19 +322,19 @@ def check_stage_layout(cfg: DictConfig) -> int:
     """
     from nemo_steerlm.megatron.config import ParallelConfig, gpt_config_from, parallel_config_from, validate_layout
 
-    world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
     model = OmegaConf.select(cfg, "model", default=None)
     if model is not None and "num_layers" in model:
         return validate_layout(
             gpt_config_from(model, vocab_size=1),
             parallel_config_from(model),
             world,
-            int(model.micro_batch_size),
-            int(model.global_batch_size),
+            model.micro_batch_size,
+            model.global_batch_size,
         )
-    layout = OmegaConf.select(cfg, "layout", default=None) or {}
+    layout = OmegaConf.select(cfg, "layout", default=None)  # evaluate has none: it restores at TP = PP = 1
     parallel = ParallelConfig(
-        tensor_model_parallel_size=int(layout.get("tensor_model_parallel_size") or 1),
-        pipeline_model_parallel_size=int(layout.get("pipeline_model_parallel_size") or 1),
+        tensor_model_parallel_size=layout.tensor_model_parallel_size if layout is not None else 1,
+        pipeline_model_parallel_size=layout.pipeline_model_parallel_size if layout is not None else 1,
     )
     return validate_layout(None, parallel, world, None, None)

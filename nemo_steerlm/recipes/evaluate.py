@@ -29,13 +29,13 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
     """``(sft, apm, data)`` paths; an APM given as ``model=`` counts as ``apm=`` (none with ``scorer_url``)."""
     from nemo_steerlm.models.checkpoint import read_nemo_meta
 
-    sft = Path(str(cfg.model)) if cfg.model is not None else None
-    apm = Path(str(cfg.apm)) if cfg.apm is not None else None
+    sft = Path(cfg.model) if cfg.model is not None else None
+    apm = Path(cfg.apm) if cfg.apm is not None else None
     if sft is not None and read_nemo_meta(sft).get("kind") == "apm":
         sft, apm = None, apm or sft
     if apm is not None:
         read_nemo_meta(apm)
-    data = Path(str(cfg.data)) if cfg.data is not None else None
+    data = Path(cfg.data) if cfg.data is not None else None
     remote = cfg.scorer_url is not None
     if remote and apm is not None:
         raise UserError(f"scorer_url={cfg.scorer_url} and apm={apm}: give one attribute model, not both")
@@ -45,7 +45,7 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
         raise MissingInputError(f"data={data}: not a `prepare` output folder (no manifest.json)")
     if (apm is not None or remote) and data is None:
         raise MissingInputError("APM metrics need data=PREPARED (a `prepare` output folder)")
-    if str(cfg.steerability.prompts) not in ("heldout", "mt_bench"):
+    if cfg.steerability.prompts not in ("heldout", "mt_bench"):
         raise UserError(
             f"steerability.prompts={cfg.steerability.prompts}: use heldout (data's sft/val.jsonl) or mt_bench"
         )
@@ -53,7 +53,7 @@ def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
         raise MissingInputError(
             "steerability needs held-out prompts: pass data=PREPARED (or steerability.enabled=false)"
         )
-    if cfg.steerability.reference is not None and not Path(str(cfg.steerability.reference)).is_file():
+    if cfg.steerability.reference is not None and not Path(cfg.steerability.reference).is_file():
         raise MissingInputError(
             f"steerability.reference={cfg.steerability.reference}: no such file (the SFT's training JSONL, or null)"
         )
@@ -68,7 +68,7 @@ def _judge(cfg: DictConfig) -> Any:
         raise MissingInputError("mt_bench.judge.enabled=true needs mt_bench.judge.base_url=URL (OpenAI-compatible)")
     from nemo_steerlm.evaluation.mt_bench import OpenAIChatJudge
 
-    return OpenAIChatJudge(str(cfg.base_url), str(cfg.model), str(cfg.api_key_env))
+    return OpenAIChatJudge(cfg.base_url, cfg.model, cfg.api_key_env)
 
 
 def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
@@ -79,8 +79,8 @@ def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
     from nemo_steerlm.evaluation import mt_bench
     from nemo_steerlm.inference import runner
 
-    n = int(cfg.num_prompts)
-    if str(cfg.prompts) == "mt_bench":
+    n = cfg.num_prompts
+    if cfg.prompts == "mt_bench":
         return [Conversation([Turn(q["turns"][0], USER_ROLE, None)]) for q in mt_bench.load_questions()[:n]]
     return runner.distinct_prompts(read_sft_jsonl(val, sft.schema))[:n]
 
@@ -88,7 +88,7 @@ def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
 def _reference_file(cfg: DictConfig, data: Path | None) -> Path | None:
     """``steerability.reference`` (checked in :func:`_inputs`), else the prepared ``sft/train.jsonl`` (or ``None``)."""
     if cfg.reference is not None:
-        return Path(str(cfg.reference))
+        return Path(cfg.reference)
     return data / "sft" / "train.jsonl" if data is not None else None
 
 
@@ -133,7 +133,7 @@ def _sft_sections(
     reference = _reference_file(cfg.steerability, data)
     if cfg.conditioning.enabled and reference is not None:
         t = time.perf_counter()
-        results["conditioning"] = runner.run_conditioning(sft, reference, int(cfg.conditioning.max_groups))
+        results["conditioning"] = runner.run_conditioning(sft, reference, cfg.conditioning.max_groups)
         timings["conditioning"] = time.perf_counter() - t
     if cfg.mt_bench.enabled:
         t = time.perf_counter()
@@ -142,7 +142,7 @@ def _sft_sections(
             label,
             params,
             out / "mt_bench" / f"{cfg.mt_bench.model_id}.jsonl",
-            str(cfg.mt_bench.model_id),
+            cfg.mt_bench.model_id,
             judge,
         )
         timings["mt_bench"] = time.perf_counter() - t
@@ -187,7 +187,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.scorer_url is not None:
         from nemo_steerlm.serving.client import RemoteScorer
 
-        apm = RemoteScorer(str(cfg.scorer_url), request_size=None)  # one request: the loaded model's batches
+        apm = RemoteScorer(cfg.scorer_url, request_size=None)  # one request: the loaded model's batches
         results["inputs"].update(apm=f"{apm.url} ({apm.name}, sha256 {apm.sha256})", scorer_url=apm.url)
     if apm is not None:
         t = time.perf_counter()
@@ -202,8 +202,8 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         results.update(sections, plots=plots)
     results["versions"], results["timings"] = package_versions(), {k: round(v, 2) for k, v in timings.items()}
     if cfg.run_dir is not None:
-        results["timings"] = {**stage_timings(Path(str(cfg.run_dir))), **results["timings"]}
-        analysis = report_section(Path(str(cfg.run_dir)) / "analyze")
+        results["timings"] = {**stage_timings(Path(cfg.run_dir)), **results["timings"]}
+        analysis = report_section(Path(cfg.run_dir) / "analyze")
         if analysis is not None:
             results["data_analysis"] = analysis
     report, _ = write_report(results, output_dir, OmegaConf.to_yaml(cfg))

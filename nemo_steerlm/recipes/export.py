@@ -24,7 +24,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from nemo_steerlm.models.checkpoint import read_nemo_meta
 
     nemo = require_path(cfg, "model", "a .nemo model (from train-apm, train-sft or import-hf)")
-    if str(cfg.format) not in FORMATS:
+    if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format!r}: choose one of {', '.join(FORMATS)}")
     if nemo.is_dir():
         raise UserError(f"model={nemo} is a directory; export takes a .nemo file (import-hf converts directories)")

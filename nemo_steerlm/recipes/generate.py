@@ -59,12 +59,12 @@ def steering_labels(cfg: DictConfig, schema: AttributeSchema, prompts: list[Prom
     """
     if cfg.label is None:
         return [schema.steer_label(steer_overrides(cfg.steer, schema))] * len(prompts)
-    if str(cfg.label) != FROM_DATA:
+    if cfg.label != FROM_DATA:
         try:
-            schema.parse_label(str(cfg.label))
+            schema.parse_label(cfg.label)
         except LabelError as err:
             raise UserError(f"label={cfg.label}: {err}") from None
-        return [str(cfg.label)] * len(prompts)
+        return [cfg.label] * len(prompts)
     labels = []
     for p in prompts:
         if not p.reference_label:
@@ -122,7 +122,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     data = require_path(cfg, "data", "a prompt JSONL file")
     prompts = read_prompts(data, schema)
     if cfg.limit is not None:
-        prompts = prompts[: int(cfg.limit)]
+        prompts = prompts[: cfg.limit]
     labels = steering_labels(cfg, schema.subset(meta.get("labelled_attributes") or schema.names), prompts, data)
     params = sampling_params(cfg.sampling, "sampling")
     model = restore_nemo(model_path, "sft", inference_layout(cfg.layout, 1))
@@ -135,7 +135,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {
         "output": str(target),
         "prompts": len(results),
-        "label": FROM_DATA if str(cfg.label) == FROM_DATA else (labels[0] if labels else None),
+        "label": FROM_DATA if cfg.label == FROM_DATA else (labels[0] if labels else None),
         "stop_reasons": {k: sum(r.stop_reason == k for r in results) for k in ("stop_text", "eos", "max_new_tokens")},
         "prompts_truncated": sum(r.prompt_truncated for r in results),
         "mean_response_words": sum(words) / len(words) if words else 0.0,

@@ -30,7 +30,7 @@ def model_path(cfg: DictConfig, what: str) -> Path:
     """The existing input path given as ``model=PATH``, or a MissingInputError saying how to pass it."""
     if cfg.model_path is None:
         raise MissingInputError(f"this stage needs {what}: pass model=PATH")
-    path = Path(str(cfg.model_path)).expanduser()
+    path = Path(cfg.model_path).expanduser()
     if not path.exists():
         raise MissingInputError(f"model={path}: no such file or directory ({what})")
     return path
@@ -47,12 +47,12 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             f"model={hf_dir} is a file; import-hf takes a Hugging Face model directory "
             "(a .nemo is already imported: use it directly, or `nemo-steerlm export` to go the other way)"
         )
-    kind = str(cfg.model_type)
+    kind = cfg.model_type
     if kind not in MODEL_TYPES:
         raise UserError(f"model_type={kind!r}: choose one of {', '.join(MODEL_TYPES)}")
     layout: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
     layout = {k: v for k, v in layout.items() if v is not None}
-    out = import_hf(hf_dir, kind, output_dir / f"{kind}.nemo", layout, schema_from_cfg(cfg), {"seed": int(cfg.seed)})
+    out = import_hf(hf_dir, kind, output_dir / f"{kind}.nemo", layout, schema_from_cfg(cfg), {"seed": cfg.seed})
     gpt = gpt_config_from_hf(read_hf_config(hf_dir))
     return {
         "model": str(out),

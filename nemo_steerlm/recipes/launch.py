@@ -138,7 +138,7 @@ def check_real_run(cfg: DictConfig, steps: tuple[launchers.StepSpec, ...]) -> No
     Raises:
         UserError: naming ``dataset.path``, ``preset.init_from`` and ``allow_random_init``.
     """
-    if str(cfg.preset.name) == "tiny_cpu":
+    if cfg.preset.name == "tiny_cpu":
         return
     stages = {s.stage for s in steps}
     problems = []
@@ -147,7 +147,7 @@ def check_real_run(cfg: DictConfig, steps: tuple[launchers.StepSpec, ...]) -> No
             "dataset.path is null, so prepare would use the 399-row sample: pass dataset.path=nvidia/HelpSteer "
             "(or a local file/folder)"
         )
-    if stages & set(TRAINING_STAGES) and cfg.preset.init_from is None and not bool(cfg.allow_random_init):
+    if stages & set(TRAINING_STAGES) and cfg.preset.init_from is None and not cfg.allow_random_init:
         problems.append(
             "preset.init_from is null, so training would start from random weights: pass preset.init_from=BASE "
             "(a Hugging Face folder or a .nemo from import-hf), or allow_random_init=true"
@@ -189,10 +189,10 @@ def check_environment(cluster: launchers.ClusterSpec) -> None:
 
 def chains_from_cfg(cfg: DictConfig, cluster: launchers.ClusterSpec) -> tuple[launchers.ChainSpec, launchers.ChainSpec]:
     """The whole chain (to check) and the part to submit (``only``), both rooted at ``output_dir``."""
-    run_dir = str(Path(str(cfg.output_dir)).resolve())
+    run_dir = str(Path(cfg.output_dir).resolve())
     steps = tuple(step_from_cfg(str(n), s, cluster) for n, s in cfg.launch.steps.items() if s is not None)
     check_real_run(cfg, steps)
-    full = launchers.ChainSpec(name=str(cfg.launch.name), steps=steps, run_dir=run_dir)
+    full = launchers.ChainSpec(name=cfg.launch.name, steps=steps, run_dir=run_dir)
     if cfg.only is None:
         return full, full
     only = [str(n) for n in cfg.only]

@@ -18,10 +18,10 @@ from nemo_steerlm.stages import Stage
 
 def prepare_spec_from_cfg(dataset: DictConfig) -> PrepareSpec:
     """Builds the library's PrepareSpec from the ``dataset`` config group (``path: null`` = the shipped sample)."""
-    path = str(dataset.path) if dataset.path is not None else str(helpsteer_sample_path())
-    sources = [SourceSpec(name=str(dataset.name), path=path, repeat=int(dataset.repeat))]
-    sources += [SourceSpec(name=str(s.name), path=str(s.path), repeat=int(s.repeat)) for s in dataset.extra_sources]
-    return PrepareSpec(sources=sources, val_fraction=float(dataset.val_fraction), seed=int(dataset.seed))
+    path = dataset.path if dataset.path is not None else str(helpsteer_sample_path())
+    sources = [SourceSpec(name=dataset.name, path=path, repeat=dataset.repeat)]
+    sources += [SourceSpec(name=s.name, path=s.path, repeat=s.repeat) for s in dataset.extra_sources]
+    return PrepareSpec(sources=sources, val_fraction=dataset.val_fraction, seed=dataset.seed)
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:

@@ -64,9 +64,9 @@ def stage_overrides(cfg: DictConfig, root: Path) -> dict[str, list[str]]:
     apm, sft = artefact(root, "train_apm"), artefact(root, "train_sft")
     prepared = root / "prepare"
     annotated = root / "annotate" / "train.annotated.jsonl"
-    if str(cfg.sft_labels) == "annotated":
+    if cfg.sft_labels == "annotated":
         sft_data, sft_train = [f"data={annotated}", f"val_data={prepared / 'sft' / 'val.jsonl'}"], annotated
-    elif str(cfg.sft_labels) == "human":
+    elif cfg.sft_labels == "human":
         sft_data, sft_train = [f"data={prepared}"], prepared / "sft" / "train.jsonl"
     else:
         raise UserError(f"sft_labels={cfg.sft_labels}: choose annotated or human")

@@ -61,21 +61,21 @@ def _ignore_stop_signal(signum: int, frame: Any) -> None:
 
 
 def _check(cfg: DictConfig) -> None:
-    tp, pp = int(cfg.layout.tensor_model_parallel_size), int(cfg.layout.pipeline_model_parallel_size)
+    tp, pp = cfg.layout.tensor_model_parallel_size, cfg.layout.pipeline_model_parallel_size
     if tp < 1 or pp < 1:
         raise UserError(
             f"layout.tensor_model_parallel_size={tp}, layout.pipeline_model_parallel_size={pp}: must be >= 1"
         )
-    world = world_size() if started_by_launcher() else int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    world = world_size() if started_by_launcher() else cfg.trainer.devices * cfg.trainer.num_nodes
     if world != tp * pp:
         raise UserError(
             f"serve runs one copy of the model on all its processes: trainer.devices x trainer.num_nodes ({world}) "
             f"must equal layout.tensor_model_parallel_size x layout.pipeline_model_parallel_size ({tp} x {pp})"
         )
     for key in ("max_batch", "max_pending", "default_max_tokens"):
-        if int(cfg[key]) < 1:
+        if cfg[key] < 1:
             raise UserError(f"{key}={cfg[key]}: must be at least 1")
-    if float(cfg.batch_wait_ms) < 0:
+    if cfg.batch_wait_ms < 0:
         raise UserError(f"batch_wait_ms={cfg.batch_wait_ms}: must be >= 0")
 
 
@@ -99,7 +99,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     labelled = schema.subset(meta.get("labelled_attributes") or schema.names)
     defaults = {**DEFAULT_STEER, **steer_overrides(cfg.steer, labelled)} if kind == "sft" else {}
     leader = launcher_rank() == 0
-    sock = _socket(str(cfg.host), int(cfg.port)) if leader else None
+    sock = _socket(cfg.host, cfg.port) if leader else None
     # TP/PP only: the checkpoint's micro batch stays, so an APM predicts texts in the batches a loaded model uses
     layout_keys = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel")
     model = restore_nemo(model_path, kind, {k: inference_layout(cfg.layout, 1)[k] for k in layout_keys})
@@ -107,20 +107,20 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if peers is not None and not peers.leader:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _ignore_stop_signal)
-        return {"followed_calls": follow(model, peers, int(cfg.max_batch))}
+        return {"followed_calls": follow(model, peers, cfg.max_batch)}
     assert sock is not None  # global rank 0 is launcher rank 0
     host, port = sock.getsockname()[:2]
     peers_stop = peers.stop if peers is not None else None
     runner = (
-        SteerRunner(model, int(cfg.seed), peers) if kind == "sft" else ScoreRunner(model, int(cfg.max_batch), peers)
+        SteerRunner(model, cfg.seed, peers) if kind == "sft" else ScoreRunner(model, cfg.max_batch, peers)
     )
-    wait_s = float(cfg.batch_wait_ms) / 1000.0
-    engine = BatchEngine(runner, int(cfg.max_batch), int(cfg.max_pending), wait_s, on_exit=peers_stop)
-    name = str(cfg.model_name) if cfg.model_name is not None else model_path.name.removesuffix(".nemo")
+    wait_s = cfg.batch_wait_ms / 1000.0
+    engine = BatchEngine(runner, cfg.max_batch, cfg.max_pending, wait_s, on_exit=peers_stop)
+    name = cfg.model_name if cfg.model_name is not None else model_path.name.removesuffix(".nemo")
     card = {"model_attributes": list(schema.names), "value_range": [schema.min_value, schema.max_value],
             "sha256": file_sha256(model_path)}  # fmt: skip
     seq_length = model.prompt_policy.seq_length
-    info = ServerInfo(name, kind, labelled, defaults, int(cfg.default_max_tokens), seq_length, card=card)
+    info = ServerInfo(name, kind, labelled, defaults, cfg.default_max_tokens, seq_length, card=card)
 
     layout = model.model_summary()["layout"]
     ranks = (
@@ -133,7 +133,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         print(f"nemo-steerlm serve: {kind} model {name!r} listening on http://{host}:{port}{ranks}", flush=True)
 
     app = create_app(engine, info, ready)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=str(cfg.log_level), timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=5))
     previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn re-raises the signal that stopped it
     try:
         server.run(sockets=[sock])

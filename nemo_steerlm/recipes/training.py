@@ -28,7 +28,7 @@ def log_line_callbacks(cfg: DictConfig, trainer_kwargs: dict[str, Any]) -> list[
     from nemo_steerlm.errors import UserError
     from nemo_steerlm.models.log_lines import LogLinesCallback
 
-    when, every = str(cfg.log_lines.when), cfg.log_lines.every_n_steps
+    when, every = cfg.log_lines.when, cfg.log_lines.every_n_steps
     if when not in ("auto", "always", "never"):
         raise UserError(f"log_lines.when={when!r}: choose auto, always or never")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -124,7 +124,7 @@ def resolve_training_files(cfg: DictConfig, output_dir: Path, kind: str) -> tupl
         spec, schema = prepare_spec_from_cfg(cfg.dataset), schema_from_cfg(cfg)
         rank_zero_makes(data_dir / "manifest.json", lambda: prepare(spec, schema, data_dir), "the prepared data")
         return data_dir / kind / "train.jsonl", data_dir / kind / "val.jsonl"
-    path = Path(str(cfg.data))
+    path = Path(cfg.data)
     if path.is_dir():
         train, val = path / kind / "train.jsonl", path / kind / "val.jsonl"
         if not train.exists():
