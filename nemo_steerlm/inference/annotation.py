@@ -22,13 +22,16 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nemo_steerlm.attributes import AttributeSchema
 from nemo_steerlm.data.formats import sft_line
 from nemo_steerlm.data.io import sha256_file, write_json_atomic, write_jsonl_atomic
 from nemo_steerlm.data.template import Conversation, Turn, render_regression
 from nemo_steerlm.errors import UserError
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.apm import AttributePredictionModel
 
 STATE_VERSION = 1
 
@@ -92,7 +95,7 @@ class TurnScore:
 
 
 def score_turns(
-    model: Any,
+    model: AttributePredictionModel,
     conversations: Sequence[Conversation],
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -124,7 +127,7 @@ def score_turns(
 
 
 def annotate_conversations(
-    model: Any,
+    model: AttributePredictionModel,
     conversations: Sequence[Conversation],
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -179,7 +182,7 @@ def chunk_path(state_dir: Path, start: int, end: int) -> Path:
 
 
 def run_chunks(
-    model: Any,
+    model: AttributePredictionModel,
     conversations: Sequence[Conversation],
     state_dir: Path,
     identity: dict[str, Any],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,12 +26,17 @@ from nemo_steerlm.evaluation.apm_metrics import (
 )
 from nemo_steerlm.megatron import parallel
 
+if TYPE_CHECKING:
+    from nemo_steerlm.models.apm import AttributePredictionModel
+
 
 def _words(text: str) -> int:
     return len(regression_response(text).split())
 
 
-def evaluate_apm(model: Any, eval_path: Path, train_path: Path, out_dir: Path) -> dict[str, Any] | None:
+def evaluate_apm(
+    model: AttributePredictionModel, eval_path: Path, train_path: Path, out_dir: Path
+) -> dict[str, Any] | None:
     """Predicts ``eval_path`` with ``model`` and writes metrics against the training-set baselines.
 
     Must be called on every rank; the files are written and the metrics returned on global rank 0 (``None``

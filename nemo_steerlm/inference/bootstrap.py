@@ -11,12 +11,16 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nemo_steerlm.attributes import ASSISTANT_ROLE
 from nemo_steerlm.data.template import Conversation, Turn
 from nemo_steerlm.inference.annotation import annotate_conversations
 from nemo_steerlm.models.generation import SamplingParams, generate_full, prompt_conversation
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.apm import AttributePredictionModel
+    from nemo_steerlm.models.sft import SteerLMSFTModel
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ def bootstrap_prompts(conversations: Sequence[Conversation]) -> tuple[list[Conve
 
 
 def bootstrap_round(
-    sft: Any,
-    apm: Any,
+    sft: SteerLMSFTModel,
+    apm: AttributePredictionModel,
     conversations: Sequence[Conversation],
     samples_per_prompt: int,
     params: SamplingParams,

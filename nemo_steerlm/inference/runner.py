@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,10 @@ from nemo_steerlm.evaluation import conditioning, mt_bench, steerability, truthf
 from nemo_steerlm.evaluation.perplexity import perplexity
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.generation import SamplingParams, generate_full, prompt_conversation
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.apm import AttributePredictionModel
+    from nemo_steerlm.models.sft import SteerLMSFTModel
 
 
 def distinct_prompts(conversations: Sequence[Conversation]) -> list[Conversation]:
@@ -36,15 +40,17 @@ def distinct_prompts(conversations: Sequence[Conversation]) -> list[Conversation
     return out
 
 
-def apm_scores(apm: Any, conversations: Sequence[Conversation], responses: Sequence[str]) -> np.ndarray:
+def apm_scores(
+    apm: AttributePredictionModel, conversations: Sequence[Conversation], responses: Sequence[str]
+) -> np.ndarray:
     """The APM's raw predictions ``[N, A]`` for each response as the next assistant turn of its conversation."""
     texts = [regression_text(c, r) for c, r in zip(conversations, responses, strict=True)]
     return apm.predict_texts(texts)[0]
 
 
 def run_steerability(
-    sft: Any,
-    apm: Any | None,
+    sft: SteerLMSFTModel,
+    apm: AttributePredictionModel | None,
     prompts: Sequence[Conversation],
     attributes: Sequence[str],
     values: Sequence[int],
@@ -105,7 +111,7 @@ def run_steerability(
     return results, records
 
 
-def mt_bench_generate_fn(sft: Any, label: str, params: SamplingParams) -> mt_bench.GenerateFn:
+def mt_bench_generate_fn(sft: SteerLMSFTModel, label: str, params: SamplingParams) -> mt_bench.GenerateFn:
     """Adapts the SFT model to MT-Bench's ``generate_fn(conversations) -> responses`` (every turn steered)."""
 
     def generate_fn(conversations: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
@@ -119,7 +125,7 @@ def mt_bench_generate_fn(sft: Any, label: str, params: SamplingParams) -> mt_ben
 
 
 def run_mt_bench(
-    sft: Any,
+    sft: SteerLMSFTModel,
     label: str,
     params: SamplingParams,
     answer_file: Path,
@@ -138,7 +144,7 @@ def run_mt_bench(
     return {"answer_file": str(answer_file), "n_questions": len(questions), "judge": verdicts}
 
 
-def run_truthfulqa(sft: Any, label: str, max_questions: int | None) -> dict[str, Any]:
+def run_truthfulqa(sft: SteerLMSFTModel, label: str, max_questions: int | None) -> dict[str, Any]:
     """TruthfulQA MC1/MC2 by log-likelihood of each answer after the SteerLM inference prompt."""
     items = truthfulqa.load_truthfulqa()
     items = items[:max_questions] if max_questions else items
@@ -149,7 +155,7 @@ def run_truthfulqa(sft: Any, label: str, max_questions: int | None) -> dict[str,
     return truthfulqa.evaluate_truthfulqa(items, sft.score_continuations, prompt_fn, batch_size=256)
 
 
-def run_perplexity(sft: Any, sft_jsonl: Path) -> dict[str, Any]:
+def run_perplexity(sft: SteerLMSFTModel, sft_jsonl: Path) -> dict[str, Any]:
     """Perplexity of the held-out responses (the SFT loss positions) of an SFT JSONL file."""
     dataset = sft.sft_dataset(str(sft_jsonl))
     samples: list[SFTSample] = dataset.samples
@@ -159,7 +165,7 @@ def run_perplexity(sft: Any, sft_jsonl: Path) -> dict[str, Any]:
     return result
 
 
-def run_conditioning(sft: Any, reference_file: Path, max_groups: int) -> dict[str, Any]:
+def run_conditioning(sft: SteerLMSFTModel, reference_file: Path, max_groups: int) -> dict[str, Any]:
     """Teacher-forced label → response selection on the SFT's training prompts with differently labelled responses.
 
     See :mod:`nemo_steerlm.evaluation.conditioning`; ``reference_file`` is the SFT's training JSONL.

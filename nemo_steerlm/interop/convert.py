@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -46,6 +46,9 @@ from nemo_steerlm.models.checkpoint import (
     save_nemo,
 )
 from nemo_steerlm.ranks import world_size
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.base import MegatronGPTBase
 
 REQUIRED_CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -212,7 +215,7 @@ def import_hf(
     return save_nemo(model, out_path)
 
 
-def _check_vocab(model: Any, hf_vocab: int, source: Any) -> None:
+def _check_vocab(model: MegatronGPTBase, hf_vocab: int, source: Any) -> None:
     if model.gpt_config.vocab_size != hf_vocab:
         raise HFInteropError(
             f"{source}: config vocab_size={hf_vocab} but the tokenizer ({model._cfg.tokenizer.path}) has "
@@ -220,7 +223,7 @@ def _check_vocab(model: Any, hf_vocab: int, source: Any) -> None:
         )
 
 
-def init_regression_head(model: Any, seed: int) -> None:
+def init_regression_head(model: MegatronGPTBase, seed: int) -> None:
     """Re-initialise the APM's regression head from ``seed`` alone (same weights at every layout)."""
     head = getattr(model.model, "regression_head", None)
     if head is None:
@@ -231,7 +234,7 @@ def init_regression_head(model: Any, seed: int) -> None:
         head.weight.copy_(torch.randn(head.weight.shape, generator=gen, dtype=torch.float32) * std)
 
 
-def load_full_state(model: Any, full: Mapping[str, Any]) -> list[str]:
+def load_full_state(model: MegatronGPTBase, full: Mapping[str, Any]) -> list[str]:
     """Load a full (TP=1, PP=1) megatron state dict into this rank's shard of ``model.model``.
 
     A missing regression head (pretrained trunk into an APM) is initialised by :func:`init_regression_head` from
@@ -266,7 +269,7 @@ def load_full_state(model: Any, full: Mapping[str, Any]) -> list[str]:
     return kept
 
 
-def load_initial_weights(model: Any, path: str | os.PathLike[str]) -> list[str]:
+def load_initial_weights(model: MegatronGPTBase, path: str | os.PathLike[str]) -> list[str]:
     """Load pretrained weights into a built model at its own layout (collective for ``.nemo``; call on every rank).
 
     Args:
@@ -295,7 +298,7 @@ def load_initial_weights(model: Any, path: str | os.PathLike[str]) -> list[str]:
     raise MissingInputError(f"init weights {path}: no such Hugging Face directory or .nemo file")
 
 
-def _check_shape(model: Any, theirs: Any, source: Any) -> None:
+def _check_shape(model: MegatronGPTBase, theirs: Any, source: Any) -> None:
     diff = shape_mismatches(model.gpt_config, theirs)
     if diff:
         ours = model.gpt_config
@@ -303,7 +306,7 @@ def _check_shape(model: Any, theirs: Any, source: Any) -> None:
         raise HFInteropError(f"init weights {source} have another shape than the model ({detail}); set model.<key>")
 
 
-def _load_nemo_weights(model: Any, path: Path) -> list[str]:
+def _load_nemo_weights(model: MegatronGPTBase, path: Path) -> list[str]:
     """Load the trunk (and a matching regression head) of a ``.nemo`` (see :func:`load_matching_weights`)."""
     from nemo_steerlm.megatron.config import gpt_config_from
 
@@ -320,7 +323,7 @@ def _load_nemo_weights(model: Any, path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------------ export
-def _hf_config(model: Any, kind: str, dtype: torch.dtype) -> Any:
+def _hf_config(model: MegatronGPTBase, kind: str, dtype: torch.dtype) -> Any:
     """The transformers config of an exported model (``LlamaConfig`` with token ids; the APM's labelled outputs)."""
     from transformers import LlamaConfig
 
@@ -378,7 +381,7 @@ def export_hf(nemo_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     return {"kind": kind, "output_dir": str(out), "model_dir": str(out), **summary, **stops}
 
 
-def _write_tokenizer(model: Any, kind: str, out: Path) -> None:
+def _write_tokenizer(model: MegatronGPTBase, kind: str, out: Path) -> None:
     """The tokenizer with the SteerLM chat template, loadable by transformers 4 and 5 (see below)."""
     tok = model.tokenizer
     tok.chat_template = steerlm_chat_template(model.labelled_schema.steer_label(), readout=kind == "apm")
@@ -426,7 +429,7 @@ def stop_settings(tokenizer: Any) -> dict[str, Any]:
     return {"eos_token_id": eos, "stop_strings": [TURN_MARKER]}
 
 
-def _write_generation_config(model: Any, out: Path) -> dict[str, Any]:
+def _write_generation_config(model: MegatronGPTBase, out: Path) -> dict[str, Any]:
     from transformers import GenerationConfig
 
     tok = model.tokenizer
@@ -442,7 +445,9 @@ def _write_generation_config(model: Any, out: Path) -> dict[str, Any]:
     return stops
 
 
-def _write_hf_model(model: Any, kind: str, full: Mapping[str, Any], dtype: torch.dtype, out: Path) -> dict[str, Any]:
+def _write_hf_model(
+    model: MegatronGPTBase, kind: str, full: Mapping[str, Any], dtype: torch.dtype, out: Path
+) -> dict[str, Any]:
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     config = _hf_config(model, kind, dtype)

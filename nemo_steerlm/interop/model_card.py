@@ -7,11 +7,14 @@ record (the base model's name, its licence) is said to be the user's to fill in,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from nemo_steerlm.attributes import LABEL_MARKER, TURN_MARKER
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.base import MegatronGPTBase
 
 _KIND_TEXT = {
     "sft": "a SteerLM attribute-conditioned chat model (`LlamaForCausalLM`): the assistant's answer follows the "
@@ -83,7 +86,7 @@ def _reading(policy: Any) -> str:
     )
 
 
-def model_card(model: Any, kind: str, meta: dict[str, Any], summary: dict[str, Any]) -> str:
+def model_card(model: MegatronGPTBase, kind: str, meta: dict[str, Any], summary: dict[str, Any]) -> str:
     """The model card text.
 
     Args:

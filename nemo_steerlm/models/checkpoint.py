@@ -39,7 +39,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import get_class
 from megatron.core import dist_checkpointing
@@ -53,6 +53,9 @@ from nemo_steerlm.data.io import atomic_write
 from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError, UnsafeCheckpointError, UserError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.megatron.safe_load import check_dist_checkpoint
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.base import MegatronGPTBase
 
 CONFIG_NAME = "model_config.yaml"
 WEIGHTS_DIR = "model_weights"
@@ -85,7 +88,7 @@ def member_checksums(root: Path) -> dict[str, str]:
     }
 
 
-def save_nemo(model: Any, path: str | os.PathLike[str]) -> Path:
+def save_nemo(model: MegatronGPTBase, path: str | os.PathLike[str]) -> Path:
     """Writes ``model`` (a :class:`~nemo_steerlm.models.base.MegatronGPTBase`) to a ``.nemo`` file, atomically.
 
     Must be called on every rank. Returns the archive path.
@@ -130,7 +133,7 @@ def _tar_folder(folder: Path, archive: Path) -> None:
             tar.add(item, arcname=item.name)
 
 
-def model_meta(model: Any) -> dict[str, Any]:
+def model_meta(model: MegatronGPTBase) -> dict[str, Any]:
     """What ``steerlm.json`` says of a model: kind, attribute schema, template markers, system prompt, prompt policy.
 
     The ``.nemo`` archive records this (plus layout, version and checksums); a Hugging Face export records it too.

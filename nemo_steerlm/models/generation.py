@@ -33,7 +33,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -47,6 +47,9 @@ from nemo_steerlm.errors import UserError
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
 from nemo_steerlm.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.base import MegatronGPTBase
 
 
 @dataclass
@@ -401,7 +404,7 @@ def length_batches(order: list[int], lengths: list[int], batch_size: int, max_sp
 
 
 def generate_ids(
-    model: Any, prompts: Sequence[list[int]], params: SamplingParams, max_prompt_tokens: int | None = None
+    model: MegatronGPTBase, prompts: Sequence[list[int]], params: SamplingParams, max_prompt_tokens: int | None = None
 ) -> list[Generation]:
     """Generates for token-id prompts, split over data-parallel replicas and gathered back in input order.
 
@@ -420,7 +423,7 @@ def generate_ids(
 
 
 def generate_prepared(
-    model: Any,
+    model: MegatronGPTBase,
     prompts: Sequence[list[int]],
     truncated: Sequence[bool],
     params: SamplingParams,
@@ -462,7 +465,7 @@ def generate_prepared(
 
 
 def encode_prompts(
-    model: Any, conversations: Sequence[Conversation], labels: Sequence[str | None], max_new_tokens: int
+    model: MegatronGPTBase, conversations: Sequence[Conversation], labels: Sequence[str | None], max_new_tokens: int
 ) -> list[Encoded]:
     """What the model reads of each conversation under its label (the prompt policy it was trained with)."""
     policy = model.prompt_policy
@@ -473,7 +476,7 @@ def encode_prompts(
 
 
 def resolve_labels(
-    model: Any, conversations: Sequence[Conversation], labels: str | Sequence[str | None] | None
+    model: MegatronGPTBase, conversations: Sequence[Conversation], labels: str | Sequence[str | None] | None
 ) -> list[str | None]:
     """One label per conversation: a single label for all, one each, or the default label of the trained attributes."""
     if labels is None or isinstance(labels, str):
@@ -486,7 +489,7 @@ def resolve_labels(
 
 
 def generate_full(
-    model: Any,
+    model: MegatronGPTBase,
     conversations: Sequence[Conversation],
     labels: str | Sequence[str | None] | None = None,
     params: SamplingParams | None = None,
@@ -498,7 +501,7 @@ def generate_full(
 
 
 def generate(
-    model: Any,
+    model: MegatronGPTBase,
     conversations: Sequence[Conversation],
     labels: str | Sequence[str | None] | None = None,
     params: SamplingParams | None = None,

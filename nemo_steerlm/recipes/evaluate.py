@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +23,10 @@ from nemo_steerlm.recipes.common import (
     steer_overrides,
 )
 from nemo_steerlm.stages import Stage
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.apm import AttributePredictionModel
+    from nemo_steerlm.models.sft import SteerLMSFTModel
 
 
 def _inputs(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -71,7 +75,7 @@ def _judge(cfg: DictConfig) -> Any:
     return OpenAIChatJudge(cfg.base_url, cfg.model, cfg.api_key_env)
 
 
-def _steer_prompts(cfg: DictConfig, sft: Any, val: Path | None) -> list[Any]:
+def _steer_prompts(cfg: DictConfig, sft: SteerLMSFTModel, val: Path | None) -> list[Any]:
     """The first ``num_prompts`` prompts of ``steerability.prompts``: held-out SFT prompts or MT-Bench first turns."""
     from nemo_steerlm.attributes import USER_ROLE
     from nemo_steerlm.data.formats import read_sft_jsonl
@@ -105,7 +109,14 @@ def _warn_unseen(steer: dict[str, Any]) -> None:
 
 
 def _sft_sections(
-    cfg: DictConfig, sft: Any, apm: Any, data: Path | None, out: Path, timings: dict, judge: Any, steer: dict[str, int]
+    cfg: DictConfig,
+    sft: SteerLMSFTModel,
+    apm: AttributePredictionModel,
+    data: Path | None,
+    out: Path,
+    timings: dict,
+    judge: Any,
+    steer: dict[str, int],
 ) -> dict:
     """Steerability, MT-Bench, TruthfulQA and perplexity of the SFT model (``steer``: the checked ``steer.*``)."""
     from nemo_steerlm.data.io import dump_json_line, write_jsonl_atomic

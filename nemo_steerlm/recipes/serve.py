@@ -111,9 +111,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     assert sock is not None  # global rank 0 is launcher rank 0
     host, port = sock.getsockname()[:2]
     peers_stop = peers.stop if peers is not None else None
-    runner = (
-        SteerRunner(model, cfg.seed, peers) if kind == "sft" else ScoreRunner(model, cfg.max_batch, peers)
-    )
+    runner = SteerRunner(model, cfg.seed, peers) if kind == "sft" else ScoreRunner(model, cfg.max_batch, peers)
     wait_s = cfg.batch_wait_ms / 1000.0
     engine = BatchEngine(runner, cfg.max_batch, cfg.max_pending, wait_s, on_exit=peers_stop)
     name = cfg.model_name if cfg.model_name is not None else model_path.name.removesuffix(".nemo")

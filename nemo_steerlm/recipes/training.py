@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -16,6 +16,9 @@ from nemo_steerlm.megatron import parallel
 from nemo_steerlm.models.strategy import MegatronStrategy
 from nemo_steerlm.recipes.common import check_stage_layout, rank_zero_makes, schema_from_cfg
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.base import MegatronGPTBase
 
 
 def log_line_callbacks(cfg: DictConfig, trainer_kwargs: dict[str, Any]) -> list[Any]:
@@ -59,7 +62,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> Trainer:
     return trainer
 
 
-def init_weights(model: Any, init_from: Any) -> None:
+def init_weights(model: MegatronGPTBase, init_from: Any) -> None:
     """Loads pretrained weights into a freshly built model: a Hugging Face folder or a ``.nemo`` (``preset.init_from``).
 
     An APM started from a causal LM keeps its freshly seeded regression head. A resumed run then overwrites these
@@ -171,7 +174,7 @@ def train_and_save(
     return model, trainer, nemo_path, train, val
 
 
-def training_summary(model: Any, trainer: Trainer, nemo_path: Path) -> dict[str, Any]:
+def training_summary(model: MegatronGPTBase, trainer: Trainer, nemo_path: Path) -> dict[str, Any]:
     """The summary fields every training stage reports."""
     return {
         "model": str(nemo_path),

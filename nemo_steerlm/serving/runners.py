@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nemo_steerlm.attributes import TURN_MARKER
 from nemo_steerlm.errors import UserError
@@ -25,6 +25,11 @@ from nemo_steerlm.models.generation import Generation, SamplingParams, encode_pr
 from nemo_steerlm.serving.engine import Job
 from nemo_steerlm.serving.followers import Peers
 from nemo_steerlm.serving.protocol import GenerationRequest, RequestError, Sampling, cut_at_stops, settled_text
+
+if TYPE_CHECKING:
+    from nemo_steerlm.models.apm import AttributePredictionModel
+    from nemo_steerlm.models.base import MegatronGPTBase
+    from nemo_steerlm.models.sft import SteerLMSFTModel
 
 
 def batch_key(sampling: Sampling) -> tuple[Any, ...]:
@@ -85,7 +90,7 @@ class SteerRunner:
         peers: the other ranks of a TP/PP layout (``None`` in a single process).
     """
 
-    def __init__(self, model: Any, seed: int, peers: Peers | None = None) -> None:
+    def __init__(self, model: SteerLMSFTModel, seed: int, peers: Peers | None = None) -> None:
         self.model, self.peers = model, peers
         self._seeds = random.Random(seed)
         #: tokens generated so far, rows of cancelled requests included (how far a cancelled row got shows here)
@@ -188,7 +193,7 @@ class ScoreRunner:
         peers: the other ranks of a TP/PP layout (``None`` in a single process).
     """
 
-    def __init__(self, model: Any, batch_size: int, peers: Peers | None = None) -> None:
+    def __init__(self, model: AttributePredictionModel, batch_size: int, peers: Peers | None = None) -> None:
         self.model, self.batch_size, self.peers = model, batch_size, peers
 
     def __call__(self, jobs: list[Job]) -> None:
@@ -229,7 +234,7 @@ class ScoreRunner:
             job.send(("done", {"predictions": preds.tolist(), "truncated": int(truncated)}))
 
 
-def follow(model: Any, peers: Peers, batch_size: int) -> int:
+def follow(model: MegatronGPTBase, peers: Peers, batch_size: int) -> int:
     """A rank other than 0 of a TP/PP layout: makes the model calls rank 0's runner broadcasts until it stops.
 
     Args:
