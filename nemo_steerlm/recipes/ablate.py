@@ -16,8 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import run_stage, stage_app
-from nemo_steerlm.stages import Stage
+from nemo_steerlm.recipes.common import stage_main
 
 OWN_KEYS = ("drop", "output_dir")
 
@@ -80,10 +79,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {"comparison": str(root / "comparison.md"), "runs": {name: str(root / name) for name in plan}}
 
 
-@stage_app("ablate")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    run_stage(stage.name, cfg, body)
+main = stage_main("ablate", body)
 
 
 if __name__ == "__main__":

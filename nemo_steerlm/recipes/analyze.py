@@ -12,9 +12,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nemo_steerlm.errors import MissingInputError, UserError
-from nemo_steerlm.recipes.common import run_stage, schema_from_cfg, stage_app
+from nemo_steerlm.recipes.common import schema_from_cfg, stage_main
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
-from nemo_steerlm.stages import Stage
 
 
 def _read(cfg: DictConfig, schema: Any) -> Any:
@@ -60,10 +59,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
 
 
-@stage_app("analyze")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    run_stage(stage.name, cfg, body)
+main = stage_main("analyze", body)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,13 @@ from omegaconf import DictConfig
 
 from nemo_steerlm.data.io import write_jsonl_atomic
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import is_global_rank_zero, require_path, run_stage, sampling_params, stage_app
-from nemo_steerlm.stages import Stage, stage
+from nemo_steerlm.recipes.common import (
+    is_global_rank_zero,
+    require_path,
+    sampling_params,
+    stage_main,
+)
+from nemo_steerlm.stages import stage
 
 OUTPUT_NAME = str(stage("bootstrap").produces)
 
@@ -79,10 +84,7 @@ def _final_label(line: str) -> str:
     return str(json.loads(line)["conversations"][-1]["label"])
 
 
-@stage_app("bootstrap")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    run_stage(stage.name, cfg, body)
+main = stage_main("bootstrap", body)
 
 
 if __name__ == "__main__":

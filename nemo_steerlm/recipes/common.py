@@ -75,6 +75,32 @@ def stage_app(name: str) -> Callable[[Callable[[DictConfig, Stage], None]], Call
     return decorate
 
 
+def stage_main(
+    name: str, body: StageBody, *, relaunch: bool = False, argv: Callable[[list[str]], list[str]] | None = None
+) -> Callable[[], None]:
+    """The entry point of a stage that is one :func:`run_stage` of ``body``: ``main = stage_main(name, body)``.
+
+    Args:
+        name: the stage's name in :mod:`nemo_steerlm.stages`.
+        body: ``body(cfg, output_dir)``, the stage's work.
+        relaunch: restart under torchrun when ``trainer.devices`` > 1 (:func:`relaunch_under_torchrun`).
+        argv: rewrites the command line before Hydra reads it (e.g. :func:`accept_steer_overrides`).
+    """
+
+    @stage_app(name)
+    def app(cfg: DictConfig, stage: Stage) -> None:
+        if relaunch:
+            relaunch_under_torchrun(cfg, stage)
+        run_stage(stage.name, cfg, body)
+
+    def main() -> None:
+        if argv is not None:
+            sys.argv = argv(sys.argv)
+        app()
+
+    return main
+
+
 _EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
 
 

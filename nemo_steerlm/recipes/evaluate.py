@@ -7,7 +7,6 @@ comes from ``results.json`` and the files next to it. ``scorer_url=URL`` in plac
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from nemo_steerlm.errors import MissingInputError, UserError
 from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
-    run_stage,
     sampling_params,
-    stage_app,
+    stage_main,
     steer_overrides,
 )
-from nemo_steerlm.stages import Stage
 
 if TYPE_CHECKING:
     from nemo_steerlm.models.apm import AttributePredictionModel
@@ -222,15 +219,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {"report": str(report), "timings": results["timings"]}
 
 
-@stage_app("evaluate")
-def _app(cfg: DictConfig, stage: Stage) -> None:
-    run_stage(stage.name, cfg, body)
-
-
-def main() -> None:
-    """Hydra entry point (``steer.NAME=V`` accepted)."""
-    sys.argv = accept_steer_overrides(sys.argv)
-    _app()
+main = stage_main("evaluate", body, argv=accept_steer_overrides)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nemo_steerlm.errors import UserError
-from nemo_steerlm.recipes.common import require_path, run_stage, stage_app
-from nemo_steerlm.stages import Stage
+from nemo_steerlm.recipes.common import require_path, stage_main
 
 FORMATS = ("hf",)
 
@@ -32,10 +31,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return export_hf(nemo, output_dir / "hf")
 
 
-@stage_app("export")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    run_stage(stage.name, cfg, body)
+main = stage_main("export", body)
 
 
 if __name__ == "__main__":

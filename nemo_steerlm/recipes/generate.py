@@ -6,7 +6,6 @@ Run ``nemo-steerlm generate model=SFT.nemo data=PROMPTS.jsonl output_dir=D [stee
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,11 @@ from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
     inference_layout,
     is_global_rank_zero,
-    relaunch_under_torchrun,
     require_path,
-    run_stage,
     sampling_params,
-    stage_app,
+    stage_main,
     steer_overrides,
 )
-from nemo_steerlm.stages import Stage
 
 OUTPUT_NAME = "generations.jsonl"
 #: ``label=from_data``: answer each conversation under the label of its own trailing assistant turn
@@ -161,16 +157,7 @@ def _record(index: int, prompt: Prompt, label: str, result: Any) -> str:
     return dump_json_line(obj)
 
 
-@stage_app("generate")
-def _app(cfg: DictConfig, stage: Stage) -> None:
-    relaunch_under_torchrun(cfg, stage)
-    run_stage(stage.name, cfg, body)
-
-
-def main() -> None:
-    """Hydra entry point (``model=PATH`` and ``steer.NAME=V`` accepted)."""
-    sys.argv = accept_steer_overrides(sys.argv)
-    _app()
+main = stage_main("generate", body, relaunch=True, argv=accept_steer_overrides)
 
 
 if __name__ == "__main__":

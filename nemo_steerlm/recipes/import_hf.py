@@ -7,7 +7,6 @@ every rank loads its TP/PP shard.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_steerlm.errors import MissingInputError, UserError
-from nemo_steerlm.recipes.common import run_stage, schema_from_cfg, stage_app
-from nemo_steerlm.stages import Stage
+from nemo_steerlm.recipes.common import schema_from_cfg, stage_main
 
 MODEL_TYPES = ("apm", "sft")
 
@@ -63,18 +61,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
 
 
-@stage_app("import-hf")
-def _app(cfg: DictConfig, stage: Stage) -> None:
-    from nemo_steerlm.recipes.common import relaunch_under_torchrun
-
-    relaunch_under_torchrun(cfg, stage)
-    run_stage(stage.name, cfg, body)
-
-
-def main() -> None:
-    """Hydra entry point (``model=PATH`` accepted)."""
-    sys.argv = accept_model_override(sys.argv)
-    _app()
+main = stage_main("import-hf", body, relaunch=True, argv=accept_model_override)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nemo_steerlm.data.prepare import PrepareSpec, SourceSpec, prepare
-from nemo_steerlm.recipes.common import run_stage, schema_from_cfg, stage_app
+from nemo_steerlm.recipes.common import schema_from_cfg, stage_main
 from nemo_steerlm.resources import helpsteer_sample_path
-from nemo_steerlm.stages import Stage
 
 
 def prepare_spec_from_cfg(dataset: DictConfig) -> PrepareSpec:
@@ -31,10 +30,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {"manifest": str(output_dir / "manifest.json"), "rows": rows}
 
 
-@stage_app("prepare")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    run_stage(stage.name, cfg, body)
+main = stage_main("prepare", body)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,10 @@ from nemo_steerlm.ranks import launcher_rank, started_by_launcher, world_size
 from nemo_steerlm.recipes.common import (
     accept_steer_overrides,
     inference_layout,
-    relaunch_under_torchrun,
     require_path,
-    run_stage,
-    stage_app,
+    stage_main,
     steer_overrides,
 )
-from nemo_steerlm.stages import Stage
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -149,16 +145,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             "default_label": info.default_label, "layout": layout, **engine.snapshot()}  # fmt: skip
 
 
-@stage_app("serve")
-def _app(cfg: DictConfig, stage: Stage) -> None:
-    relaunch_under_torchrun(cfg, stage)
-    run_stage(stage.name, cfg, body)
-
-
-def main() -> None:
-    """Hydra entry point (``model=PATH`` and ``steer.NAME=V`` accepted)."""
-    sys.argv = accept_steer_overrides(sys.argv)
-    _app()
+main = stage_main("serve", body, relaunch=True, argv=accept_steer_overrides)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ from omegaconf import DictConfig
 
 from nemo_steerlm.inference.apm_eval import evaluate_apm
 from nemo_steerlm.models.apm import AttributePredictionModel
-from nemo_steerlm.recipes.common import relaunch_under_torchrun, run_stage, stage_app
+from nemo_steerlm.recipes.common import stage_main
 from nemo_steerlm.recipes.training import train_and_save, training_summary
-from nemo_steerlm.stages import Stage
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -27,11 +26,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return {**training_summary(model, trainer, nemo_path), "eval_pearson": pearson}
 
 
-@stage_app("train-apm")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    relaunch_under_torchrun(cfg, stage)
-    run_stage(stage.name, cfg, body)
+main = stage_main("train-apm", body, relaunch=True)
 
 
 if __name__ == "__main__":

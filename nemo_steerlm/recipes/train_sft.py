@@ -11,9 +11,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nemo_steerlm.models.sft import SteerLMSFTModel
-from nemo_steerlm.recipes.common import relaunch_under_torchrun, require_path, run_stage, stage_app
+from nemo_steerlm.recipes.common import require_path, stage_main
 from nemo_steerlm.recipes.training import train_and_save, training_summary
-from nemo_steerlm.stages import Stage
 
 
 def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -26,11 +25,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
 
 
-@stage_app("train-sft")
-def main(cfg: DictConfig, stage: Stage) -> None:
-    """Hydra entry point."""
-    relaunch_under_torchrun(cfg, stage)
-    run_stage(stage.name, cfg, body)
+main = stage_main("train-sft", body, relaunch=True)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,11 @@ def test_the_setting_builds_megatrons_distributed_optimizer_and_trains_like_the_
     assert _train(chunks, dist, range(STEPS)) == plain_losses
     moved = max(float((plain_weights[k] - initial[k]).abs().max()) for k in initial)
     assert moved > 1e-3  # the updates did something
+    # the same updates: bit for bit on some CPUs, within a few float32 ulps on others (AdamW's elementwise kernels
+    # vectorise a shard and a whole buffer differently; measured 1.2e-7 at most), against 2.5e-2 of movement
     for key, tensor in model.state_dict().items():
         if torch.is_tensor(tensor):
-            assert torch.equal(tensor, plain_weights[key]), key
+            torch.testing.assert_close(tensor, plain_weights[key], rtol=0, atol=5e-7, msg=key)
 
 
 def test_saved_state_restores_each_parameters_own_step_and_resumes_exactly():
