@@ -78,7 +78,7 @@ def stage_app(name: str) -> Callable[[Callable[[DictConfig, Stage], None]], Call
 def stage_main(
     name: str, body: StageBody, *, relaunch: bool = False, argv: Callable[[list[str]], list[str]] | None = None
 ) -> Callable[[], None]:
-    """The entry point of a stage that is one :func:`run_stage` of ``body``: ``main = stage_main(name, body)``.
+    """The entry point of a stage whose whole work is one :func:`run_stage` of ``body`` (most stages).
 
     Args:
         name: the stage's name in :mod:`nemo_steerlm.stages`.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -27,7 +28,7 @@ from nemo_steerlm.launchers.render import stage_command
 from nemo_steerlm.launchers.slurm import client_runner, code_version, write_scripts
 from nemo_steerlm.launchers.spec import flatten_overrides
 from nemo_steerlm.megatron.config import ConfigError
-from nemo_steerlm.recipes.common import check_stage_layout, run_stage, stage_app
+from nemo_steerlm.recipes.common import check_stage_layout, config_error, run_stage, stage_app
 from nemo_steerlm.stages import BY_NAME, Stage
 from nemo_steerlm.stages import STAGES as REGISTRY
 
@@ -73,9 +74,11 @@ def check_step_layout(step: launchers.StepSpec, cluster: launchers.ClusterSpec) 
     overrides = [f"{k}={v}" for k, v in {**step.overrides, **forced}.items()]
     try:
         composed = hydra.compose(config_name=config_name(step.stage), overrides=overrides)
-    except Exception as err:  # noqa: BLE001 - a stage config not in this version, or an override it rejects
+    except MissingConfigException as err:  # a stage config not in this version
         print(f"nemo-steerlm launch: warning: layout of stage {step.stage} not checked against its config ({err})")
         return
+    except ConfigCompositionException as err:  # the stage's schema refuses an override: the job would fail at start
+        raise UserError(f"step {step.name!r} (launch.steps.{step.name}.overrides): {config_error(err)}") from None
     try:
         check_stage_layout(composed)
     except ConfigError as err:

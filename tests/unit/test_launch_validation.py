@@ -108,6 +108,18 @@ def test_layout_of_each_distributed_step_is_checked_with_the_stages_own_check(tm
     assert "data-parallel size (6 = world size 24 / (TP 4 × PP 1))" in done.stderr
 
 
+def test_a_step_override_its_stages_schema_refuses_stops_launch_before_anything_is_written(tmp_path):
+    """A typo or a value of the wrong type in a step's overrides would fail the job on the cluster: launch says so."""
+    base = (*REAL, f"output_dir={tmp_path}/r")
+    done = launch(*base, "launch.steps.train_apm.overrides.trainer.max_steps=abc")
+    assert done.returncode == 2 and not (tmp_path / "r").exists(), done.stderr
+    assert "step 'train_apm' (launch.steps.train_apm.overrides): trainer.max_steps=abc: expected an integer" in (
+        done.stderr
+    )
+    done = launch(*base, "+launch.steps.train_apm.overrides.model.optim.learning_rate=1e-5")
+    assert done.returncode == 2 and "model.optim.learning_rate" in done.stderr, done.stderr
+
+
 def test_layout_of_a_distributed_inference_step_is_checked(tmp_path):
     """An inference stage's layout (``layout.*``; the shape lives in the .nemo) gets the TP·PP check."""
     base = ("preset=llama2_7b", "cluster=generic_gpu", "dry_run=true", "dataset.path=/d/hs", "preset.init_from=/m/x")
