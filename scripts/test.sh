@@ -9,4 +9,5 @@ export PYTHONHASHSEED=0 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
 .venv/bin/ruff format --check .
 # two workers, one test file each at a time (a file's fixtures stay in one process): most tests are single-threaded
 # CLI runs, so this uses both cores; PYTEST_WORKERS=0 runs everything in this process
-.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+# --durations: the 25 slowest tests at the end (where the suite's time goes)
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
