@@ -5,13 +5,17 @@ YAML names its schema first in its defaults list (``- train_apm_schema``), so Hy
 at compose time (``trainer.max_steps=abc`` is refused with its key before anything runs), interpolations are checked
 when they resolve, an unknown key is refused, and the recipes read typed fields (``cfg.trainer.devices`` is an
 ``int``; no casts). Fields have no defaults (``MISSING``): a value the YAML does not give is an error, not a second
-default here. Where a section is a library type, that type is the schema: ``sampling`` is
+default here (but for the few settings a ``.nemo`` from an older version may lack: the value it was built with).
+Where a section is a library type, that type is the schema: ``sampling`` is
 :class:`~nemo_steerlm.sampling.SamplingParams` (``OmegaConf.to_object`` builds it), ``preset.arch`` holds the fields
 of :class:`~nemo_steerlm.megatron.config.GPTConfig` (a unit test keeps the two equal), and Hugging Face import builds
 its model section through :class:`ModelConfig`.
 
 Sections that other code validates keep ``Any``: ``exp_manager`` (NeMo's own schema), ``cluster`` and ``launch``
 (checked by :mod:`nemo_steerlm.launchers`), ``run``'s per-stage ``overrides``.
+
+A ``.nemo``'s own model config (a file, possibly from an older version) is typed by the same classes on load
+(:func:`typed_model_config`), so the model layer reads typed fields too.
 
 Torch-free; Hydra is imported only by :func:`register`, which :mod:`nemo_steerlm.recipes.common` calls on import (every
 compose of ``conf/`` goes through it or its ``CONF_DIR``).
@@ -195,10 +199,12 @@ class NetworkConfig(ArchConfig):
     pipeline_model_parallel_size: int = _required()
     sequence_parallel: bool = _required()
     params_dtype: str = _required()
-    core_attention: str = _required()
-    recompute_granularity: Optional[str] = _required()
-    recompute_method: Optional[str] = _required()
-    recompute_num_layers: Optional[int] = _required()
+    # the defaults below are not defaults of a stage (conf/network/gpt.yaml gives those): they are the values a .nemo
+    # written before the setting existed was built with, which it must keep whatever the YAML says later
+    core_attention: str = "sdpa"
+    recompute_granularity: Optional[str] = None
+    recompute_method: Optional[str] = None
+    recompute_num_layers: Optional[int] = None
     seed: int = _required()
     tokenizer: TokenizerConfig = _required()
     attributes: AttributesConfig = _required()
@@ -517,6 +523,26 @@ class LaunchConfig(PrepareConfig):
     dry_run: bool = _required()
     chain: Optional[str] = _required()
     only: Optional[list[str]] = _required()
+
+
+def typed_model_config(raw: Any, kind: str) -> Any:
+    """A ``.nemo``'s model config typed by the training stage's model schema (``kind``: ``apm`` or ``sft``).
+
+    Keys the schema does not name (``target``, ``nemo_version``, ``labelled_attributes``, ...) are kept.
+
+    Raises:
+        omegaconf.errors.ValidationError: a value of the wrong type (with its ``full_key``).
+        KeyError: the settings the file lacks (names them).
+    """
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.structured(SftModelConfig if kind == "sft" else ModelConfig)
+    OmegaConf.set_struct(typed, False)
+    typed = OmegaConf.merge(typed, raw)
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        raise KeyError(f"no value for {', '.join(missing)}")
+    return typed
 
 
 #: the schema of each stage's YAML (``conf/<config>.yaml`` names ``<config>_schema`` first in its defaults list)

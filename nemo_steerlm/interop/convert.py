@@ -210,7 +210,7 @@ def import_hf(
 
     hf_config = read_hf_config(hf_dir)
     cfg = build_model_config(hf_config, model_type, hf_dir, schema or AttributeSchema(), layout, extra)
-    model = get_class(str(cfg.target))(cfg=cfg, trainer=None)
+    model = get_class(cfg.target)(cfg=cfg, trainer=None)
     load_initial_weights(model, hf_dir)
     return save_nemo(model, out_path)
 
@@ -229,7 +229,7 @@ def init_regression_head(model: MegatronGPTBase, seed: int) -> None:
     if head is None:
         return
     gen = torch.Generator().manual_seed(int(seed))
-    std = float(model.gpt_config.init_method_std)
+    std = model.gpt_config.init_method_std
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=gen, dtype=torch.float32) * std)
 
@@ -265,7 +265,7 @@ def load_full_state(model: MegatronGPTBase, full: Mapping[str, Any]) -> list[str
     if wrong:
         raise HFInteropError(f"pretrained weights lack tensors of this model: {wrong[:8]}")
     if any(k in HEAD_KEYS for k in kept):
-        init_regression_head(model, int(model.cfg.seed))
+        init_regression_head(model, model.cfg.seed)
     return kept
 
 
@@ -318,7 +318,7 @@ def _load_nemo_weights(model: MegatronGPTBase, path: Path) -> list[str]:
     if wrong:
         raise HFInteropError(f"init weights {path} lack tensors of this model: {wrong[:8]}")
     if kept:
-        init_regression_head(model, int(model.cfg.seed))
+        init_regression_head(model, model.cfg.seed)
     return kept
 
 

@@ -181,29 +181,20 @@ GPT_FIELDS: tuple[str, ...] = tuple(
 )
 
 
-def gpt_config_from(cfg: Mapping[str, Any], vocab_size: int) -> GPTConfig:
-    """The model shape from the flat model config (``model.num_layers``, ``model.hidden_size``, ...).
+def gpt_config_from(cfg: Any, vocab_size: int) -> GPTConfig:
+    """The model shape from a model config typed by ``config_schema.NetworkConfig`` (``model.num_layers``, ...).
 
-    The one reader of the shape keys: models, the training recipes and ``launch``'s layout check call it.
+    The one reader of the shape keys: models, the training recipes and ``launch``'s layout check call it. A stage's
+    ``model`` section and a ``.nemo``'s config are both typed by that schema (which also gives the values a file
+    from before a setting was built with), so the fields are read as they are.
     """
-    # .nemo files from before Llama 3 rope scaling have no rope_scaling_factor: none is the value they were built with
-    factor = cfg.get("rope_scaling_factor")
-    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size, rope_scaling_factor=factor)
+    return GPTConfig(**{f: cfg[f] for f in (*GPT_FIELDS, "rope_scaling_factor")}, vocab_size=vocab_size)
 
 
-def parallel_config_from(cfg: Mapping[str, Any]) -> ParallelConfig:
-    """The parallel layout from the model config."""
+def parallel_config_from(cfg: Any) -> ParallelConfig:
+    """The parallel layout from a model config typed by ``config_schema.NetworkConfig``."""
     return ParallelConfig(
-        tensor_model_parallel_size=int(cfg["tensor_model_parallel_size"]),
-        pipeline_model_parallel_size=int(cfg["pipeline_model_parallel_size"]),
-        sequence_parallel=bool(cfg["sequence_parallel"]),
-        params_dtype=str(cfg["params_dtype"]),
-        # .nemo files from before this setting have none: the default applies (no weights differ either way)
-        core_attention=str(cfg.get("core_attention", "sdpa")),
-        # and none of the activation recomputation settings (off; it changes no weights either)
-        recompute_granularity=cfg.get("recompute_granularity"),
-        recompute_method=cfg.get("recompute_method"),
-        recompute_num_layers=cfg.get("recompute_num_layers"),
+        **{f: cfg[f] for f in ParallelConfig.__dataclass_fields__ if f != "overlap_grad_reduce"},
     )
 
 

@@ -66,7 +66,7 @@ class AttributePredictionModel(MegatronGPTBase):
 
     def train_dataloader(self) -> DataLoader:
         """Training batches from ``model.data.train``."""
-        self.train_set = self.regression_dataset(str(self._cfg.data.train))
+        self.train_set = self.regression_dataset(self._cfg.data.train)
         self.record_labelled_attributes(
             name
             for sample in self.train_set.samples
@@ -79,13 +79,13 @@ class AttributePredictionModel(MegatronGPTBase):
         """Validation batches from ``model.data.validation`` (none when it is null)."""
         if self._cfg.data.validation is None:
             return []
-        self.val_set = self.regression_dataset(str(self._cfg.data.validation))
+        self.val_set = self.regression_dataset(self._cfg.data.validation)
         return self._loader(self.val_set, train=False) if len(self.val_set) else []
 
     # --- prediction and validation -------------------------------------------------------------------------------
     def predict_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Raw scores ``[n, A]`` of one batch (on the last pipeline stage; ``None`` on other stages)."""
-        size = int(self._cfg.micro_batch_size)
+        size = self._cfg.micro_batch_size
         micro = [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, batch["tokens"].shape[0], size)]
         if len(micro) > 1 and micro[-1]["tokens"].shape[0] != size:
             # pipeline buffers need one micro-batch size: run the ragged tail on its own
@@ -109,7 +109,7 @@ class AttributePredictionModel(MegatronGPTBase):
         rank, size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
         order = sorted(range(len(dataset)), key=lambda i: len(dataset[i].input_ids))
         mine = order[rank::size]
-        step = batch_size or int(self._cfg.micro_batch_size) * 4
+        step = batch_size or self._cfg.micro_batch_size * 4
         pad = int(self.tokenizer.pad_token_id)
         results: list[tuple[int, np.ndarray]] = []
         for start in range(0, len(mine), step):

@@ -60,7 +60,7 @@ class MegatronGPTBase(ModelPT):
     def __init__(self, cfg: DictConfig, trainer: Trainer | None = None) -> None:
         super().__init__(cfg=cfg, trainer=trainer)
         a = self._cfg.attributes
-        self.schema = AttributeSchema.create(list(a.names), list(a.drop), int(a.min_value), int(a.max_value))
+        self.schema = AttributeSchema.create(list(a.names), list(a.drop), a.min_value, a.max_value)
         self.tokenizer = load_tokenizer(self._cfg.tokenizer.path)
         self.gpt_config = gpt_config_from(self._cfg, len(self.tokenizer))
         self.parallel_config = parallel_config_from(self._cfg)
@@ -68,10 +68,10 @@ class MegatronGPTBase(ModelPT):
             self.gpt_config,
             self.parallel_config,
             world_size(),
-            int(self._cfg.micro_batch_size),
-            int(self._cfg.global_batch_size),
+            self._cfg.micro_batch_size,
+            self._cfg.global_batch_size,
         )
-        parallel.initialize_model_parallel(self.parallel_config, int(self._cfg.seed))
+        parallel.initialize_model_parallel(self.parallel_config, self._cfg.seed)
         # ModelPT.save_to then calls the connector on every rank (the save is collective)
         AppState().model_parallel_size = self.parallel_config.model_parallel_size
         self._save_restore_connector = SteerLMSaveRestoreConnector()
@@ -109,7 +109,7 @@ class MegatronGPTBase(ModelPT):
         From the model config (``seq_length``, ``max_context_tokens``), so from the ``.nemo`` a restored model came
         from; ``steerlm.json`` repeats it for readers of the archive.
         """
-        return PromptPolicy(int(self._cfg.seq_length), int(self._cfg.max_context_tokens))
+        return PromptPolicy(self._cfg.seq_length, self._cfg.max_context_tokens)
 
     def record_labelled_attributes(self, names: Iterable[str]) -> None:
         """Stores the attributes seen in training labels in the model config (and so in the ``.nemo``)."""
@@ -177,7 +177,7 @@ class MegatronGPTBase(ModelPT):
 
     def split_micro_batches(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Splits this rank's share of a global batch into micro-batches of ``model.micro_batch_size``."""
-        size = int(self._cfg.micro_batch_size)
+        size = self._cfg.micro_batch_size
         n = next(iter(batch.values())).shape[0]
         return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
 
@@ -185,11 +185,11 @@ class MegatronGPTBase(ModelPT):
         """A loader yielding this data-parallel rank's share of each global batch (megatron batch semantics)."""
         sampler = MegatronBatchSampler(
             len(dataset),
-            int(self._cfg.global_batch_size),
+            self._cfg.global_batch_size,
             parallel_state.get_data_parallel_rank(),
             parallel_state.get_data_parallel_world_size(),
             shuffle=train,
-            seed=int(self._cfg.seed),
+            seed=self._cfg.seed,
             drop_last=train,
         )
         if train:

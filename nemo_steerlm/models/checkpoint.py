@@ -46,9 +46,11 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from nemo_steerlm import __version__
 from nemo_steerlm.attributes import MARKERS, SYSTEM_PROMPT
+from nemo_steerlm.config_schema import typed_model_config
 from nemo_steerlm.data.io import atomic_write
 from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError, UnsafeCheckpointError, UserError
 from nemo_steerlm.megatron import parallel
@@ -248,15 +250,21 @@ def unpack_nemo(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> d
 
 
 def load_model_config(path: Path, root: Path) -> DictConfig:
-    """The unpacked archive's ``model_config.yaml``; its ``target`` must be one of :data:`MODEL_CLASSES`."""
+    """The unpacked archive's ``model_config.yaml``, typed by its model's schema; ``target`` must be a known class."""
     try:
         cfg = OmegaConf.load(root / CONFIG_NAME)
     except Exception as err:  # noqa: BLE001 - yaml and omegaconf raise many types for a damaged file
         raise DamagedCheckpointError(f"model={path}: member {CONFIG_NAME} is missing or unreadable ({err})") from None
     target = OmegaConf.select(cfg, "target") if isinstance(cfg, DictConfig) else None
-    if str(target) not in MODEL_CLASSES.values():
+    kind = next((k for k, cls in MODEL_CLASSES.items() if cls == target), None)
+    if kind is None:
         raise UserError(f"model={path}: {CONFIG_NAME}: class {target!r} is not a nemo-steerlm model")
-    return cfg
+    try:
+        return typed_model_config(cfg, kind)
+    except ValidationError as err:
+        raise DamagedCheckpointError(f"model={path}: {CONFIG_NAME}: {err.full_key}: {err.msg}") from None
+    except KeyError as err:
+        raise DamagedCheckpointError(f"model={path}: {CONFIG_NAME}: {err.args[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -329,7 +337,7 @@ def restore_nemo(
         cfg.tokenizer.path = str(nemo.tokenizer_dir)
         for key, value in (overrides or {}).items():
             OmegaConf.update(cfg, key, value, merge=False)
-        model = get_class(str(cfg.target))(cfg=cfg, trainer=trainer)
+        model = get_class(cfg.target)(cfg=cfg, trainer=trainer)
         state = dist_checkpointing.load(model.model.sharded_state_dict(), str(nemo.weights_dir))
         model.model.load_state_dict(state)
     model.model.eval()

@@ -60,11 +60,11 @@ class SteerLMSFTModel(MegatronGPTBase):
         return self.make_loader(dataset, train, partial(collate_sft, pad_id=int(self.tokenizer.pad_token_id)))
 
     def _maybe_packed(self, dataset: SFTDataset) -> Dataset:
-        return PackedSFTDataset(dataset, int(self._cfg.seq_length)) if bool(self._cfg.data.packing) else dataset
+        return PackedSFTDataset(dataset, self._cfg.seq_length) if self._cfg.data.packing else dataset
 
     def train_dataloader(self) -> DataLoader:
         """Training batches from ``model.data.train`` (packed when ``model.data.packing``)."""
-        conversations = read_sft_jsonl(str(self._cfg.data.train), self.schema)
+        conversations = read_sft_jsonl(self._cfg.data.train, self.schema)
         self.record_labelled_attributes(
             name
             for conv in conversations
@@ -79,7 +79,7 @@ class SteerLMSFTModel(MegatronGPTBase):
         """Validation batches from ``model.data.validation`` (never packed; none when it is null)."""
         if self._cfg.data.validation is None:
             return []
-        self.val_set = self.sft_dataset(str(self._cfg.data.validation))
+        self.val_set = self.sft_dataset(self._cfg.data.validation)
         return self._loader(self.val_set, train=False) if len(self.val_set) else []
 
     # --- validation: token-weighted loss -----------------------------------------------------------------------
@@ -96,7 +96,7 @@ class SteerLMSFTModel(MegatronGPTBase):
         """
         from nemo_steerlm.megatron.step import run_forward_collect
 
-        size = micro_batch_size or int(self._cfg.micro_batch_size)
+        size = micro_batch_size or self._cfg.micro_batch_size
         n = batch["tokens"].shape[0]
         out: list[tuple[float, float]] = []
         for start in range(0, n, size):

@@ -183,3 +183,35 @@ def test_member_leaving_the_folder_is_refused(tiny_apm: Path, tmp_path: Path) ->
     res = steerlm(*_stage_args("export", nemo, tiny_apm, tmp_path / "out"))
     _one_error_line(res, "escaped.txt")
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def _edit_config(tiny_apm: Path, tmp_path: Path, edit) -> Path:
+    """The tiny APM with its model_config.yaml edited by ``edit(dict)``, repacked with a fresh checksum record."""
+    import yaml
+
+    root = _unpack(tiny_apm / "apm.nemo", tmp_path / "x")
+    config = yaml.safe_load((root / "model_config.yaml").read_text())
+    edit(config)
+    (root / "model_config.yaml").write_text(yaml.safe_dump(config))
+    return _pack(root, tmp_path / "edited.nemo")
+
+
+def test_a_config_value_of_the_wrong_type_is_refused_naming_the_member_and_key(tiny_apm: Path, tmp_path: Path):
+    nemo = _edit_config(tiny_apm, tmp_path, lambda c: c.update(num_layers="two"))
+    res = steerlm(*_stage_args("export", nemo, tiny_apm, tmp_path / "out"))
+    _one_error_line(res, "model_config.yaml", "num_layers", "Integer")
+    assert not (tmp_path / "out" / "hf").exists()
+
+
+def test_an_archive_from_before_newer_settings_restores_with_the_values_it_was_built_with(
+    tiny_apm: Path, tmp_path: Path
+) -> None:
+    """A .nemo written before core attention, recomputation and rope scaling were settings: the schema's legacy
+    values (sdpa, none, none) restore it; its export equals the current archive's, byte for byte."""
+    newer = ["core_attention", "rope_scaling_factor", "recompute_granularity", "recompute_method"]
+    newer.append("recompute_num_layers")
+    old = _edit_config(tiny_apm, tmp_path, lambda c: [c.pop(k) for k in newer])
+    ok(steerlm(*_stage_args("export", old, tiny_apm, tmp_path / "old")))
+    ok(steerlm(*_stage_args("export", tiny_apm / "apm.nemo", tiny_apm, tmp_path / "new")))
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "old" / "hf" / name).read_bytes() == (tmp_path / "new" / "hf" / name).read_bytes(), name
