@@ -185,6 +185,16 @@ def test_member_leaving_the_folder_is_refused(tiny_apm: Path, tmp_path: Path) ->
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
+#: model-config keys that older .nemo files do not have
+NEWER_SETTINGS = (
+    "core_attention",
+    "rope_scaling_factor",
+    "recompute_granularity",
+    "recompute_method",
+    "recompute_num_layers",
+)
+
+
 def _edit_config(tiny_apm: Path, tmp_path: Path, edit) -> Path:
     """The tiny APM with its model_config.yaml edited by ``edit(dict)``, repacked with a fresh checksum record."""
     import yaml
@@ -208,9 +218,7 @@ def test_an_archive_from_before_newer_settings_restores_with_the_values_it_was_b
 ) -> None:
     """A .nemo written before core attention, recomputation and rope scaling were settings: the schema's legacy
     values (sdpa, none, none) restore it; its export equals the current archive's, byte for byte."""
-    newer = ["core_attention", "rope_scaling_factor", "recompute_granularity", "recompute_method"]
-    newer.append("recompute_num_layers")
-    old = _edit_config(tiny_apm, tmp_path, lambda c: [c.pop(k) for k in newer])
+    old = _edit_config(tiny_apm, tmp_path, lambda c: [c.pop(k) for k in NEWER_SETTINGS])
     ok(steerlm(*_stage_args("export", old, tiny_apm, tmp_path / "old")))
     ok(steerlm(*_stage_args("export", tiny_apm / "apm.nemo", tiny_apm, tmp_path / "new")))
     for name in ("config.json", "model.safetensors"):
