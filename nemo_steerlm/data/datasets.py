@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from nemo_steerlm.data.tokenization import Encoded, encode_regression
+from nemo_steerlm.data.template import render_sft, tokenize_rendered
+from nemo_steerlm.data.tokenization import Encoded, encode_regression, encode_sft
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,6 @@ class SFTDataset(Dataset):
     """
 
     def __init__(self, conversations: Sequence[Any], tokenizer: Any, seq_length: int, max_context_tokens: int) -> None:
-        from nemo_steerlm.data.template import render_sft, tokenize_rendered
-        from nemo_steerlm.data.tokenization import encode_sft
-
         self.samples: list[SFTSample] = []
         self.num_truncated = 0
         self.num_skipped = 0  # conversations with no trained token left (reported, never silently dropped)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from hydra.utils import get_class
+from megatron.core import parallel_state
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.attributes import TURN_MARKER, AttributeSchema
@@ -37,6 +39,8 @@ from nemo_steerlm.interop.hf_llama import (
     shape_mismatches,
 )
 from nemo_steerlm.interop.model_card import model_card
+from nemo_steerlm.megatron.checkpoint_layout import full_to_shard
+from nemo_steerlm.megatron.config import gpt_config_from
 from nemo_steerlm.models.checkpoint import (
     MODEL_CLASSES,
     load_matching_weights,
@@ -206,8 +210,6 @@ def import_hf(
     Returns:
         The written archive.
     """
-    from hydra.utils import get_class
-
     hf_config = read_hf_config(hf_dir)
     cfg = build_model_config(hf_config, model_type, hf_dir, schema or AttributeSchema(), layout, extra)
     model = get_class(cfg.target)(cfg=cfg, trainer=None)
@@ -244,10 +246,6 @@ def load_full_state(model: MegatronGPTBase, full: Mapping[str, Any]) -> list[str
     Returns:
         The keys of this rank's shard that kept their initial values.
     """
-    from megatron.core import parallel_state
-
-    from nemo_steerlm.megatron.checkpoint_layout import full_to_shard
-
     shard = full_to_shard(
         full,
         model.gpt_config,
@@ -308,7 +306,6 @@ def _check_shape(model: MegatronGPTBase, theirs: Any, source: Any) -> None:
 
 def _load_nemo_weights(model: MegatronGPTBase, path: Path) -> list[str]:
     """Load the trunk (and a matching regression head) of a ``.nemo`` (see :func:`load_matching_weights`)."""
-    from nemo_steerlm.megatron.config import gpt_config_from
 
     def check(cfg: DictConfig) -> None:
         _check_shape(model, gpt_config_from(cfg, model.gpt_config.vocab_size), path)

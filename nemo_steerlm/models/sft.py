@@ -18,6 +18,7 @@ from nemo_steerlm.data.formats import read_sft_jsonl
 from nemo_steerlm.data.tokenization import encode_sft
 from nemo_steerlm.megatron import parallel
 from nemo_steerlm.megatron.attention import attention_inputs
+from nemo_steerlm.megatron.step import run_forward_collect
 from nemo_steerlm.models.base import MegatronGPTBase
 from nemo_steerlm.models.gpt import PositionAwareGPTModel
 
@@ -94,8 +95,6 @@ class SteerLMSFTModel(MegatronGPTBase):
 
         Forward passes of ``micro_batch_size`` sequences (default: the training micro-batch size).
         """
-        from nemo_steerlm.megatron.step import run_forward_collect
-
         size = micro_batch_size or self._cfg.micro_batch_size
         n = batch["tokens"].shape[0]
         out: list[tuple[float, float]] = []

@@ -350,7 +350,7 @@ def check_stage_layout(cfg: DictConfig) -> int:
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     model = OmegaConf.select(cfg, "model", default=None)
-    if model is not None and "num_layers" in model:
+    if isinstance(model, DictConfig) and "num_layers" in model:  # a training stage (elsewhere `model` is a path)
         return validate_layout(
             gpt_config_from(model, vocab_size=1),
             parallel_config_from(model),

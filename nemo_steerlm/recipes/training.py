@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Trainer
+from megatron.core import parallel_state
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_steerlm.data.prepare import prepare
-from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError
+from nemo_steerlm.errors import DamagedCheckpointError, MissingInputError, UserError
 from nemo_steerlm.megatron import parallel
+from nemo_steerlm.models.log_lines import LogLinesCallback
 from nemo_steerlm.models.strategy import MegatronStrategy
 from nemo_steerlm.recipes.common import check_stage_layout, rank_zero_makes, schema_from_cfg
 from nemo_steerlm.recipes.prepare import prepare_spec_from_cfg
@@ -26,11 +28,6 @@ def log_line_callbacks(cfg: DictConfig, trainer_kwargs: dict[str, Any]) -> list[
 
     Plain lines replace Lightning's progress bar (``trainer_kwargs["enable_progress_bar"]`` is turned off).
     """
-    from megatron.core import parallel_state
-
-    from nemo_steerlm.errors import UserError
-    from nemo_steerlm.models.log_lines import LogLinesCallback
-
     when, every = cfg.log_lines.when, cfg.log_lines.every_n_steps
     if when not in ("auto", "always", "never"):
         raise UserError(f"log_lines.when={when!r}: choose auto, always or never")
