@@ -8,6 +8,7 @@ Hydra config.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -19,7 +20,13 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from nemo_steerlm import config_files, config_schema, stages
 from nemo_steerlm.attributes import AttributeSchema, LabelError
@@ -114,9 +121,12 @@ def config_error(err: Exception) -> str:
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     key = getattr(cause, "full_key", None)
     reason = str(getattr(cause, "msg", None) or cause).split("\n")[0]
-    if not isinstance(cause, ValidationError) or not key:  # an unknown key or group: Hydra says what to write
+    known = getattr(cause, "object_type", None)
+    if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and dataclasses.is_dataclass(known):
+        return f"{key}: no such setting (the keys there: {', '.join(f.name for f in dataclasses.fields(known))})"
+    if not isinstance(cause, ValidationError) or not key:  # e.g. an unknown config group option: Hydra's words
         said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        return said if cause is err else f"{said}: {reason}"
+        return said.split(" Config search path:")[0] if cause is err else f"{said}: {reason}"
     override = str(err).split("\n")[0].removeprefix("Error merging override ")
     shown = override if override.split("=", 1)[0].lstrip("+~") == key else f"{key}={getattr(cause, 'value', '?')}"
     expected = next((words for kind, words in _EXPECTED.items() if reason.endswith(f"converted to {kind}")), None)
