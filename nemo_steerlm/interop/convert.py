@@ -147,10 +147,10 @@ def build_model_config(
     gpt = gpt_config_from_hf(
         hf_config,
         layout.pop("seq_length", yaml["seq_length"]),
-        int(layout.pop("make_vocab_size_divisible_by", yaml["make_vocab_size_divisible_by"])),
+        layout.pop("make_vocab_size_divisible_by", yaml["make_vocab_size_divisible_by"]),
     )
-    tp = int(layout.get("tensor_model_parallel_size", yaml["tensor_model_parallel_size"]))
-    pp = int(layout.get("pipeline_model_parallel_size", yaml["pipeline_model_parallel_size"]))
+    tp = layout.get("tensor_model_parallel_size", yaml["tensor_model_parallel_size"])
+    pp = layout.get("pipeline_model_parallel_size", yaml["pipeline_model_parallel_size"])
     dp = max(world_size() // (tp * pp), 1)
     cfg: dict[str, Any] = {
         **{k: v for k, v in gpt.__dict__.items() if k != "vocab_size"},

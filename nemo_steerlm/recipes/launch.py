@@ -246,7 +246,7 @@ def dry_run(cfg: DictConfig) -> None:
 
 def report(cfg: DictConfig) -> None:
     """``action=status`` / ``action=cancel`` on the chain at ``chain`` (or ``output_dir``)."""
-    manifest = launchers.load_manifest(str(cfg.chain if cfg.chain is not None else cfg.output_dir))
+    manifest = launchers.load_manifest(cfg.chain if cfg.chain is not None else cfg.output_dir)
     runner = client_runner(dataclasses.replace(cluster_from_cfg(cfg.cluster), env=manifest["env"]))
     if cfg.action == "status":
         print(f"chain {manifest['chain']} ({manifest['run_dir']}), submitted {manifest['submitted_at']}")
