@@ -176,9 +176,8 @@ def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tensor
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
-GPT_FIELDS: tuple[str, ...] = tuple(
-    f for f in GPTConfig.__dataclass_fields__ if f not in ("vocab_size", "rope_scaling_factor")
-)
+#: the shape fields a model config holds (all of ``GPTConfig`` but the tokenizer's vocabulary size)
+GPT_FIELDS: tuple[str, ...] = tuple(f for f in GPTConfig.__dataclass_fields__ if f != "vocab_size")
 
 
 def gpt_config_from(cfg: Any, vocab_size: int) -> GPTConfig:
@@ -188,7 +187,7 @@ def gpt_config_from(cfg: Any, vocab_size: int) -> GPTConfig:
     ``model`` section and a ``.nemo``'s config are both typed by that schema (which also gives the values a file
     from before a setting was built with), so the fields are read as they are.
     """
-    return GPTConfig(**{f: cfg[f] for f in (*GPT_FIELDS, "rope_scaling_factor")}, vocab_size=vocab_size)
+    return GPTConfig(**{f: cfg[f] for f in GPT_FIELDS}, vocab_size=vocab_size)
 
 
 def parallel_config_from(cfg: Any) -> ParallelConfig:

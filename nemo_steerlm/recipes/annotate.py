@@ -70,7 +70,7 @@ def body(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         state_dir,
         identity,
         cfg.chunk_size,
-        None if cfg.batch_size is None else cfg.batch_size,
+        cfg.batch_size,
         progress=bar.update,
     )
     bar.close()
